@@ -57,6 +57,9 @@ type Config struct {
 	NewHostsPerDay int
 	// DefaultAccountLimit is a new host's account limit.
 	DefaultAccountLimit int64
+	// SegmentEvents is the number of events per event log segment (0: the
+	// event log's default). Small values make retention finer-grained.
+	SegmentEvents int
 	// InversionEnforced drops commits whose MST inversion fails (else counted only).
 	InversionEnforced bool
 }
@@ -98,5 +101,6 @@ func DefaultConfig() Config {
 		IngestStallTimeout:  DefaultIngestStallTimeout,
 		NewHostsPerDay:      DefaultNewHostsPerDay,
 		DefaultAccountLimit: DefaultAccountLimit,
+		InversionEnforced:   true,
 	}
 }

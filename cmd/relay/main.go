@@ -1,0 +1,154 @@
+// Command relay runs the AT Protocol relay.
+//
+//	relay serve [flags]
+//
+// Every flag has an environment variable (see README); a flag given on the
+// command line wins over the environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/relay/relay/relay"
+)
+
+// shutdownTimeout bounds a graceful shutdown after SIGTERM or SIGINT.
+const shutdownTimeout = 30 * time.Second
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "serve" {
+		fmt.Fprintln(os.Stderr, "usage: relay serve [flags]   (relay serve -h lists the flags and their variables)")
+		os.Exit(2)
+	}
+	cfg, level, err := parseConfig(os.Args[2:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(2)
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
+	if err := run(cfg, logger); err != nil {
+		logger.Error("relay failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg relay.Config, logger *slog.Logger) error {
+	r, err := relay.New(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if err := r.Start(); err != nil {
+		_ = r.Close(context.Background())
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-ctx.Done()
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := r.Close(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	logger.Info("stopped cleanly")
+	return nil
+}
+
+// parseConfig reads the environment, then flags over it.
+func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.Level, error) {
+	cfg := relay.DefaultConfig()
+	fs := flag.NewFlagSet("relay serve", flag.ContinueOnError)
+	env := func(name string) string { return getenv(name) }
+	var errs []error
+	str := func(p *string, flagName, envName, usage string) {
+		if v := env(envName); v != "" {
+			*p = v
+		}
+		fs.StringVar(p, flagName, *p, usage+" ($"+envName+")")
+	}
+	boolean := func(p *bool, flagName, envName, usage string) {
+		if v := env(envName); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName, err))
+			}
+			*p = b
+		}
+		fs.BoolVar(p, flagName, *p, usage+" ($"+envName+")")
+	}
+	integer := func(p *int, flagName, envName, usage string) {
+		if v := env(envName); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName, err))
+			}
+			*p = n
+		}
+		fs.IntVar(p, flagName, *p, usage+" ($"+envName+")")
+	}
+	port := func(p *string, flagName, envName, usage string) {
+		if v := env(envName); v != "" {
+			*p = listenAddr(v)
+		}
+		fs.Func(flagName, usage+" ($"+envName+")", func(v string) error { *p = listenAddr(v); return nil })
+	}
+	port(&cfg.Listen, "port", "RELAY_PORT", "firehose and HTTP API port or address")
+	port(&cfg.MetricsListen, "metrics-port", "RELAY_METRICS_PORT", "metrics and health port or address")
+	str(&cfg.DataDir, "data-dir", "RELAY_DATA_DIR", "event log and embedded store directory")
+	str(&cfg.DatabaseURL, "database-url", "DATABASE_URL", "Postgres metadata store (empty: embedded Pebble)")
+	str(&cfg.Upstream, "upstream", "RELAY_UPSTREAM", "seed relay for listHosts bootstrap; none disables")
+	str(&cfg.PLCHost, "plc-host", "RELAY_PLC_HOST", "did:plc directory URL")
+	str(&cfg.AdminPassword, "admin-password", "RELAY_ADMIN_PASSWORD", "admin API password (empty: admin disabled)")
+	boolean(&cfg.AllowInsecureHosts, "allow-insecure-hosts", "RELAY_ALLOW_INSECURE_HOSTS", "allow localhost:PORT, ws:// and private addresses (development only)")
+	retentionHours := int(cfg.Retention / time.Hour)
+	integer(&retentionHours, "retention-hours", "RELAY_RETENTION_HOURS", "event log retention in hours")
+	maxGB := int(cfg.MaxEventsBytes >> 30)
+	integer(&maxGB, "max-events-gb", "RELAY_MAX_EVENTS_GB", "event log size cap in GiB")
+	integer(&cfg.FrameWorkers, "frame-workers", "FRAME_WORKERS", "validation workers")
+	boolean(&cfg.LenientSyncValidation, "lenient-sync-validation", "RELAY_LENIENT_SYNC_VALIDATION", "accept pre-sync-1.1 commits without prevData")
+	integer(&cfg.EventLoops, "event-loops", "RELAY_EVENT_LOOPS", "gnet event loops")
+	integer(&cfg.RingSize, "ring-size", "RELAY_RING_SIZE", "recent frames kept in memory")
+	maxLag := int(cfg.ConsumerMaxLag)
+	integer(&maxLag, "consumer-max-lag", "RELAY_CONSUMER_MAX_LAG", "events a live consumer may lag before ConsumerTooSlow")
+	integer(&cfg.ConsumerOutboundCap, "consumer-outbound-bytes", "RELAY_CONSUMER_OUTBOUND_BYTES", "bytes queued per consumer socket")
+	integer(&cfg.NewHostsPerDay, "new-hosts-per-day", "RELAY_NEW_HOSTS_PER_DAY", "requestCrawl limit on new hosts per day")
+	boolean(&cfg.InversionEnforced, "enforce-inversion", "RELAY_ENFORCE_INVERSION", "drop commits whose MST inversion fails (false: count them only)")
+	logLevel := "info"
+	str(&logLevel, "log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, 0, err
+	}
+	if len(errs) > 0 {
+		return cfg, 0, errors.Join(errs...)
+	}
+	cfg.Retention = time.Duration(retentionHours) * time.Hour
+	cfg.MaxEventsBytes = int64(maxGB) << 30
+	cfg.ConsumerMaxLag = int64(maxLag)
+	if strings.EqualFold(cfg.Upstream, "none") {
+		cfg.Upstream = ""
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return cfg, 0, fmt.Errorf("log level: %w", err)
+	}
+	return cfg, level, nil
+}
+
+// listenAddr turns a bare port ("3000") into ":3000"; addresses pass through.
+func listenAddr(v string) string {
+	if _, err := strconv.Atoi(v); err == nil {
+		return ":" + v
+	}
+	return v
+}

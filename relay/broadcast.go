@@ -1,0 +1,393 @@
+package relay
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/relay/relay/loop"
+	"github.com/relay/relay/persist/eventlog"
+	"github.com/relay/relay/wsframe"
+)
+
+// Fan-out limits.
+const (
+	// maxFramesPerWrite bounds the iovecs of one writev to a consumer.
+	maxFramesPerWrite = 256
+	// replayChunkBytes is how much of the event log one replay step reads
+	// for one consumer; with the outbound cap it bounds a replaying
+	// consumer's memory.
+	replayChunkBytes = 512 << 10
+	// replayWorkers read the event log for consumers behind the ring, so
+	// disk reads never run on an event loop.
+	replayWorkers = 4
+	// replayQueue bounds consumers waiting for a replay step; when full, a
+	// consumer retries on the next tick.
+	replayQueue = 4096
+	// pumpInterval is how often every loop re-pumps its consumers, to
+	// resume those whose socket buffer has drained (gnet has no writable
+	// callback).
+	pumpInterval = 20 * time.Millisecond
+)
+
+// consumer is one subscribeRepos connection. Fields without atomics are
+// owned by the conn's loop goroutine.
+type consumer struct {
+	id        uint64
+	conn      *loop.Conn
+	group     *loopGroup
+	remote    string
+	userAgent string
+	since     time.Time
+	cursor    int64 // the cursor it asked for (-1: none)
+
+	pos       atomic.Int64 // last seq sent (or skipped)
+	sent      atomic.Int64 // frames sent
+	live      bool         // caught up with the ring once: lag limit applies
+	replaying bool         // a replay step is in flight
+	closed    bool
+}
+
+// loopGroup is the set of consumers owned by one event loop. pump runs on
+// that loop; scheduled collapses concurrent wake-ups into one Execute.
+type loopGroup struct {
+	el        gnet.EventLoop
+	b         *Broadcaster
+	consumers map[*consumer]struct{}
+	scheduled atomic.Bool
+}
+
+// Broadcaster delivers published frames to consumers: one Execute per loop
+// per batch; each consumer reads the ring from its own position, or the
+// event log through the replay workers while it is behind the ring.
+type Broadcaster struct {
+	engine   *loop.Engine
+	ring     *Ring
+	log      *eventlog.Log
+	metrics  *Metrics
+	logger   *slog.Logger
+	maxLag   int64
+	outCap   int
+	shutdown atomic.Bool
+
+	mu     sync.Mutex
+	groups map[gnet.EventLoop]*loopGroup
+	all    map[uint64]*consumer
+	nextID uint64
+
+	replayCh chan *consumer
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// NewBroadcaster starts the replay workers and the pump ticker.
+func NewBroadcaster(engine *loop.Engine, ring *Ring, log *eventlog.Log, m *Metrics, maxLag int64, outCap int, logger *slog.Logger) *Broadcaster {
+	b := &Broadcaster{
+		engine: engine, ring: ring, log: log, metrics: m, logger: logger,
+		maxLag: maxLag, outCap: outCap,
+		groups: map[gnet.EventLoop]*loopGroup{}, all: map[uint64]*consumer{},
+		replayCh: make(chan *consumer, replayQueue), stop: make(chan struct{}),
+	}
+	m.Gauge("relay_consumers", func() float64 { return float64(b.Count()) })
+	for range replayWorkers {
+		b.wg.Add(1)
+		go b.replayWorker()
+	}
+	b.wg.Add(1)
+	go b.ticker()
+	return b
+}
+
+// Count is the number of connected consumers.
+func (b *Broadcaster) Count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.all)
+}
+
+// Notify wakes every loop that has consumers (called after each batch).
+func (b *Broadcaster) Notify() {
+	b.mu.Lock()
+	groups := make([]*loopGroup, 0, len(b.groups))
+	for _, g := range b.groups {
+		groups = append(groups, g)
+	}
+	b.mu.Unlock()
+	for _, g := range groups {
+		g.schedule()
+	}
+}
+
+func (g *loopGroup) schedule() {
+	if !g.scheduled.CompareAndSwap(false, true) {
+		return
+	}
+	err := g.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		g.scheduled.Store(false)
+		for c := range g.consumers {
+			g.b.pump(c)
+		}
+		return nil
+	}))
+	if err != nil {
+		g.scheduled.Store(false)
+	}
+}
+
+func (b *Broadcaster) ticker() {
+	defer b.wg.Done()
+	t := time.NewTicker(pumpInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			b.Notify()
+		}
+	}
+}
+
+// Close stops the workers. Consumers are closed by the engine's Stop.
+func (b *Broadcaster) Close() {
+	if b.shutdown.Swap(true) {
+		return
+	}
+	close(b.stop)
+	b.wg.Wait()
+}
+
+// Subscribe upgrades an HTTP request to a consumer connection. cursor < 0
+// means live only. The cursor was validated by the caller.
+func (b *Broadcaster) Subscribe(w http.ResponseWriter, r *http.Request, cursor int64) error {
+	b.mu.Lock()
+	b.nextID++
+	c := &consumer{
+		id: b.nextID, remote: r.RemoteAddr, userAgent: r.UserAgent(),
+		since: time.Now(), cursor: cursor,
+	}
+	b.mu.Unlock()
+	_, err := b.engine.Upgrade(w, r, b, c)
+	return err
+}
+
+// OnOpen registers the consumer with its loop and decides where it starts.
+func (b *Broadcaster) OnOpen(conn *loop.Conn) {
+	c := conn.Context().(*consumer)
+	c.conn = conn
+	b.mu.Lock()
+	g, ok := b.groups[conn.EventLoop()]
+	if !ok {
+		g = &loopGroup{el: conn.EventLoop(), b: b, consumers: map[*consumer]struct{}{}}
+		b.groups[conn.EventLoop()] = g
+	}
+	b.all[c.id] = c
+	b.mu.Unlock()
+	g.consumers[c] = struct{}{}
+	c.group = g
+	b.metrics.Counter("relay_consumers_connected_total").Inc()
+
+	head := b.ring.Head()
+	switch {
+	case c.cursor < 0:
+		c.pos.Store(head)
+	case c.cursor > head:
+		b.kick(c, "future_cursor", wsframe.AppendErrorPayload(nil, "FutureCursor", "cursor is ahead of the relay's latest seq"))
+		return
+	default:
+		oldest := b.log.OldestSeq()
+		if oldest == 0 { // empty log: nothing retained
+			oldest = head + 1
+		}
+		if c.cursor < oldest-1 {
+			info := wsframe.AppendInfoPayload(nil, "OutdatedCursor", "cursor is older than the oldest retained event; streaming from the oldest")
+			_ = conn.Writev([][]byte{wsframe.Compile(info)})
+			c.pos.Store(oldest - 1)
+		} else {
+			c.pos.Store(c.cursor)
+		}
+	}
+	b.pump(c)
+}
+
+// OnMessage ignores data from consumers: they have nothing to send.
+func (b *Broadcaster) OnMessage(conn *loop.Conn, op ws.OpCode, payload []byte) error {
+	b.metrics.Counter("relay_consumer_messages_ignored_total").Inc()
+	return nil
+}
+
+// OnClose forgets the consumer.
+func (b *Broadcaster) OnClose(conn *loop.Conn, err error) {
+	c, ok := conn.Context().(*consumer)
+	if !ok {
+		return
+	}
+	c.closed = true
+	if c.group != nil {
+		delete(c.group.consumers, c)
+	}
+	b.mu.Lock()
+	delete(b.all, c.id)
+	b.mu.Unlock()
+	if err != nil {
+		b.logger.Debug("consumer closed", "remote", c.remote, "err", err)
+	}
+}
+
+// kick sends an error frame and closes the consumer after it is flushed.
+func (b *Broadcaster) kick(c *consumer, reason string, payload []byte) {
+	b.metrics.ConsumerClosed(reason).Inc()
+	_ = c.conn.Writev([][]byte{wsframe.Compile(payload)})
+	c.conn.CloseWith(ws.StatusPolicyViolation, reason)
+	c.closed = true
+}
+
+// pump writes what c can take from the ring. It runs on c's loop.
+func (b *Broadcaster) pump(c *consumer) {
+	if c.closed || c.replaying {
+		return
+	}
+	head := b.ring.Head()
+	pos := c.pos.Load()
+	if pos >= head {
+		c.live = true
+		return
+	}
+	if c.live && head-pos > b.maxLag {
+		b.kick(c, "too_slow", wsframe.AppendErrorPayload(nil, "ConsumerTooSlow", "consumer fell too far behind the stream"))
+		return
+	}
+	buffered := c.conn.Buffered()
+	if buffered >= b.outCap {
+		return
+	}
+	var iov [maxFramesPerWrite][]byte
+	n, bytes := 0, 0
+	for pos < head && n < maxFramesPerWrite && buffered+bytes < b.outCap {
+		e := b.ring.Get(pos + 1)
+		if e == nil {
+			break // behind the ring: read the log
+		}
+		pos++
+		if e.frame == nil {
+			continue // taken down
+		}
+		iov[n] = e.frame
+		n++
+		bytes += len(e.frame)
+	}
+	if n > 0 {
+		if err := c.conn.Writev(iov[:n]); err != nil {
+			c.conn.Close(err)
+			return
+		}
+		c.sent.Add(int64(n))
+		b.metrics.framesDelivered.Add(n)
+		b.metrics.bytesDelivered.Add(bytes)
+	}
+	c.pos.Store(pos)
+	if pos >= head {
+		c.live = true
+		return
+	}
+	if pos+1 < b.ring.Oldest() && buffered+bytes < b.outCap {
+		c.replaying = true
+		select {
+		case b.replayCh <- c:
+		default:
+			c.replaying = false // queue full: retried on the next tick
+		}
+	}
+}
+
+// replayWorker reads the event log for consumers behind the ring and hands
+// the frames to their loops.
+func (b *Broadcaster) replayWorker() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case c := <-b.replayCh:
+			b.replayStep(c)
+		}
+	}
+}
+
+func (b *Broadcaster) replayStep(c *consumer) {
+	from := c.pos.Load()
+	var frames [][]byte
+	var buf []byte
+	last, err := b.log.ReadAfter(from, replayChunkBytes, func(r eventlog.Record) error {
+		start := len(buf)
+		buf = wsframe.AppendHeader(buf, ws.OpBinary, len(r.Payload), nil)
+		buf = append(buf, r.Payload...)
+		frames = append(frames, buf[start:len(buf):len(buf)])
+		return nil
+	})
+	if err != nil {
+		b.logger.Error("replay read failed", "err", err, "cursor", from)
+	}
+	// buf may have moved while growing: re-slice frames from the final buffer.
+	off := 0
+	for i, f := range frames {
+		frames[i] = buf[off : off+len(f)]
+		off += len(f)
+	}
+	b.metrics.replayBytes.Add(len(buf))
+	execErr := c.conn.Execute(func(conn *loop.Conn) {
+		c.replaying = false
+		if c.closed {
+			return
+		}
+		if err == nil && len(frames) > 0 {
+			if werr := conn.Writev(frames); werr != nil {
+				conn.Close(werr)
+				return
+			}
+			c.sent.Add(int64(len(frames)))
+			b.metrics.framesDelivered.Add(len(frames))
+		}
+		if last > c.pos.Load() {
+			c.pos.Store(last)
+		}
+		b.pump(c)
+	})
+	if execErr != nil {
+		return // closed meanwhile
+	}
+}
+
+// ConsumerInfo describes one consumer for the admin API.
+type ConsumerInfo struct {
+	ID             uint64    `json:"id"`
+	RemoteAddr     string    `json:"remoteAddr"`
+	UserAgent      string    `json:"userAgent"`
+	Cursor         int64     `json:"cursor"`
+	Position       int64     `json:"position"`
+	Lag            int64     `json:"lag"`
+	EventsSent     int64     `json:"eventsSent"`
+	ConnectedSince time.Time `json:"connectedSince"`
+}
+
+// Consumers lists connected consumers.
+func (b *Broadcaster) Consumers() []ConsumerInfo {
+	head := b.ring.Head()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]ConsumerInfo, 0, len(b.all))
+	for _, c := range b.all {
+		pos := c.pos.Load()
+		out = append(out, ConsumerInfo{
+			ID: c.id, RemoteAddr: c.remote, UserAgent: c.userAgent, Cursor: c.cursor,
+			Position: pos, Lag: head - pos, EventsSent: c.sent.Load(), ConnectedSince: c.since,
+		})
+	}
+	return out
+}

@@ -1,0 +1,523 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/relay/relay/loop"
+	"github.com/relay/relay/persist/meta"
+)
+
+// Host connection policy.
+const (
+	// maxHostFailures consecutive failed dials mark a host offline.
+	maxHostFailures = 15
+	// reconnectBase and reconnectMax bound the exponential backoff.
+	reconnectBase = time.Second
+	reconnectMax  = 5 * time.Minute
+	// idleRetry is how long a host that answered FutureCursor waits.
+	idleRetry = 10 * time.Minute
+	// cursorFlushInterval is how often host cursors are persisted.
+	cursorFlushInterval = 4 * time.Second
+	// dialTimeout bounds the TCP, TLS and WebSocket handshakes.
+	dialTimeout = 30 * time.Second
+	// resumeInterval is how often paused hosts are retried.
+	resumeInterval = 10 * time.Millisecond
+	// startConnectsPerSecond staggers connections at start and bootstrap.
+	startConnectsPerSecond = 200
+	// relayLoopGuard is the Server header value of a relay: crawling one
+	// would loop events back.
+	relayLoopGuard = "atproto-relay"
+	// userAgent identifies the relay to hosts.
+	userAgent = "atproto-relay-go"
+)
+
+// Host errors.
+var (
+	ErrHostBlocked     = errors.New("relay: host is blocked")
+	ErrHostIsRelay     = errors.New("relay: host is a relay (Server: atproto-relay)")
+	ErrUpstreamFuture  = errors.New("relay: host says our cursor is in its future")
+	ErrUpstreamError   = errors.New("relay: host sent an error frame")
+	ErrHostUnavailable = errors.New("relay: host is not reachable")
+)
+
+// hostConn is one PDS host: its record, its connection and its progress.
+type hostConn struct {
+	m     *HostManager
+	id    uint64
+	name  string
+	noSSL bool
+
+	mu        sync.Mutex // guards rec and drops
+	rec       meta.Host
+	drops     map[string]int64
+	timer     *time.Timer
+	dialing   bool
+	connected atomic.Bool
+	ready     atomic.Bool // headers checked; messages may be processed
+	paused    atomic.Bool
+	conn      atomic.Pointer[loop.Conn]
+	received  atomic.Int64
+	lastEvent atomic.Int64 // unix nanos of the last message
+
+	tracker seqTracker
+	flushed int64 // last persisted cursor (flusher goroutine only)
+}
+
+func (h *hostConn) status() meta.HostStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.rec.Status
+}
+
+func (h *hostConn) countDrop(reason string) {
+	h.mu.Lock()
+	h.drops[reason]++
+	h.mu.Unlock()
+}
+
+func (h *hostConn) done(seq int64) { h.tracker.done(seq) }
+
+// fail closes the connection after a local failure (store errors); the
+// host is resumed from its cursor, so nothing is lost.
+func (h *hostConn) fail(err error) {
+	if c := h.conn.Load(); c != nil {
+		_ = c.Execute(func(c *loop.Conn) { c.Close(err) })
+	}
+}
+
+func (h *hostConn) accountLimitReached() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.rec.Trusted && h.rec.AccountLimit > 0 && h.rec.AccountCount >= h.rec.AccountLimit
+}
+
+func (h *hostConn) accountCreated() {
+	h.mu.Lock()
+	h.rec.AccountCount++
+	h.mu.Unlock()
+}
+
+// HostInfo is a host as the API reports it.
+type HostInfo struct {
+	meta.Host
+	Connected bool             `json:"connected"`
+	Inflight  int              `json:"inflight"`
+	Received  int64            `json:"received"`
+	Drops     map[string]int64 `json:"drops,omitempty"`
+}
+
+func (h *hostConn) info() HostInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rec := h.rec
+	rec.Cursor = h.tracker.cursor()
+	drops := make(map[string]int64, len(h.drops))
+	for k, v := range h.drops {
+		drops[k] = v
+	}
+	return HostInfo{Host: rec, Connected: h.connected.Load(), Inflight: h.tracker.inflight(), Received: h.received.Load(), Drops: drops}
+}
+
+// HostManager owns the hosts: connecting, reconnecting, status, cursors.
+type HostManager struct {
+	r      *Relay
+	store  meta.Store
+	engine *loop.Engine
+	ing    *Ingester
+	logger *slog.Logger
+	client *http.Client
+	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	mu     sync.Mutex
+	hosts  map[uint64]*hostConn
+	byName map[string]*hostConn
+
+	lastIngest atomic.Int64
+	closing    atomic.Bool
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingester) *HostManager {
+	m := &HostManager{
+		r: r, store: store, engine: engine, ing: ing,
+		logger: r.logger.With("component", "hosts"),
+		client: loop.NewHTTPClient(r.cfg.AllowInsecureHosts, 20*time.Second),
+		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
+		stop: make(chan struct{}),
+	}
+	if !r.cfg.AllowInsecureHosts {
+		m.dialer = loop.SafeDialContext(&net.Dialer{Timeout: dialTimeout})
+	}
+	r.metrics.Gauge("relay_hosts_connected", func() float64 { return float64(m.connectedCount()) })
+	for _, s := range []meta.HostStatus{meta.HostActive, meta.HostIdle, meta.HostOffline, meta.HostThrottled, meta.HostBanned, meta.HostBlocked} {
+		s := s
+		r.metrics.Gauge(fmt.Sprintf(`relay_hosts{status=%q}`, s), func() float64 { return float64(m.countStatus(s)) })
+	}
+	return m
+}
+
+func (m *HostManager) connectedCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, h := range m.hosts {
+		if h.connected.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *HostManager) countStatus(s meta.HostStatus) int {
+	m.mu.Lock()
+	hosts := make([]*hostConn, 0, len(m.hosts))
+	for _, h := range m.hosts {
+		hosts = append(hosts, h)
+	}
+	m.mu.Unlock()
+	n := 0
+	for _, h := range hosts {
+		if h.status() == s {
+			n++
+		}
+	}
+	return n
+}
+
+// start loads the known hosts and connects the active ones, staggered.
+func (m *HostManager) start(ctx context.Context) error {
+	var all []*meta.Host
+	after := uint64(0)
+	for {
+		page, err := m.store.ListHosts(ctx, after, 1000)
+		if err != nil {
+			return fmt.Errorf("load hosts: %w", err)
+		}
+		all = append(all, page...)
+		if len(page) < 1000 {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	var toConnect []*hostConn
+	for _, rec := range all {
+		h := m.track(rec)
+		if rec.Status == meta.HostActive || rec.Status == meta.HostIdle || rec.Status == meta.HostThrottled {
+			toConnect = append(toConnect, h)
+		}
+	}
+	m.wg.Add(3)
+	go m.flushLoop()
+	go m.resumeLoop()
+	go func() {
+		defer m.wg.Done()
+		m.connectStaggered(toConnect)
+	}()
+	return nil
+}
+
+func (m *HostManager) track(rec *meta.Host) *hostConn {
+	h := &hostConn{m: m, id: rec.ID, name: rec.Hostname, noSSL: rec.NoSSL, rec: *rec, drops: map[string]int64{}, flushed: rec.Cursor}
+	h.tracker.reset(rec.Cursor)
+	m.mu.Lock()
+	m.hosts[h.id] = h
+	m.byName[h.name] = h
+	m.mu.Unlock()
+	return h
+}
+
+func (m *HostManager) connectStaggered(hosts []*hostConn) {
+	tick := time.NewTicker(time.Second / startConnectsPerSecond)
+	defer tick.Stop()
+	for _, h := range hosts {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+			m.connect(h)
+		}
+	}
+}
+
+// byHostname returns a tracked host.
+func (m *HostManager) byHostname(name string) *hostConn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.byName[strings.ToLower(name)]
+}
+
+func (m *HostManager) byID(id uint64) *hostConn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hosts[id]
+}
+
+// connect dials h in a short-lived goroutine unless it is already
+// connected, dialing, or not allowed to connect.
+func (m *HostManager) connect(h *hostConn) {
+	if m.closing.Load() {
+		return
+	}
+	h.mu.Lock()
+	if h.dialing || h.connected.Load() || h.rec.Status == meta.HostBlocked || h.rec.Status == meta.HostBanned {
+		h.mu.Unlock()
+		return
+	}
+	h.dialing = true
+	if h.timer != nil {
+		h.timer.Stop()
+		h.timer = nil
+	}
+	h.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.dial(h)
+	}()
+}
+
+func (m *HostManager) dial(h *hostConn) {
+	scheme := "wss"
+	if h.noSSL {
+		scheme = "ws"
+	}
+	url := scheme + "://" + h.name + "/xrpc/com.atproto.sync.subscribeRepos"
+	if c := h.tracker.lastSeq(); c > 0 {
+		url += "?cursor=" + strconv.FormatInt(c, 10)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	h.ready.Store(false)
+	hdr := http.Header{}
+	hdr.Set("User-Agent", userAgent)
+	res, err := m.engine.Dial(ctx, url, loop.DialOptions{Timeout: dialTimeout, Header: hdr, NetDial: m.dialer}, m, h)
+	h.mu.Lock()
+	h.dialing = false
+	h.mu.Unlock()
+	if err != nil {
+		m.dialFailed(h, err)
+		return
+	}
+	if strings.Contains(strings.ToLower(res.ResponseHeader.Get("Server")), relayLoopGuard) {
+		m.logger.Warn("host is a relay; banning to avoid a loop", "host", h.name)
+		m.setStatus(h, meta.HostBanned)
+		_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostIsRelay) })
+		return
+	}
+	h.mu.Lock()
+	h.rec.Failures = 0
+	wasStatus := h.rec.Status
+	h.mu.Unlock()
+	if wasStatus != meta.HostActive && wasStatus != meta.HostThrottled {
+		m.setStatus(h, meta.HostActive)
+	}
+	h.ready.Store(true)
+	res.Conn.Resume()
+	m.logger.Info("host connected", "host", h.name, "cursor", h.tracker.lastSeq())
+}
+
+func (m *HostManager) dialFailed(h *hostConn, err error) {
+	h.mu.Lock()
+	h.rec.Failures++
+	failures := h.rec.Failures
+	h.mu.Unlock()
+	m.r.metrics.Counter("relay_host_dial_failures_total").Inc()
+	if failures >= maxHostFailures {
+		m.logger.Warn("host offline after repeated failures", "host", h.name, "failures", failures, "err", err)
+		m.setStatus(h, meta.HostOffline)
+		return
+	}
+	m.logger.Info("host dial failed", "host", h.name, "failures", failures, "err", err)
+	m.retryLater(h, backoff(failures))
+}
+
+// backoff is exponential with full jitter in [d/2, d].
+func backoff(failures int) time.Duration {
+	d := reconnectBase << min(failures, 16)
+	if d > reconnectMax || d <= 0 {
+		d = reconnectMax
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func (m *HostManager) retryLater(h *hostConn, d time.Duration) {
+	if m.closing.Load() {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	h.timer = time.AfterFunc(d, func() { m.connect(h) })
+}
+
+// setStatus persists a host status change.
+func (m *HostManager) setStatus(h *hostConn, s meta.HostStatus) {
+	h.mu.Lock()
+	h.rec.Status = s
+	rec := h.rec
+	h.mu.Unlock()
+	rec.Cursor = h.tracker.cursor()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.store.UpdateHost(ctx, &rec); err != nil {
+		m.logger.Error("host status update failed", "host", h.name, "status", s, "err", err)
+	}
+}
+
+// OnOpen is the loop.Handler hook for upstream connections.
+func (m *HostManager) OnOpen(c *loop.Conn) {
+	h := c.Context().(*hostConn)
+	h.conn.Store(c)
+	h.connected.Store(true)
+}
+
+// OnClose schedules a reconnect, unless the host must not be redialed.
+func (m *HostManager) OnClose(c *loop.Conn, err error) {
+	h, ok := c.Context().(*hostConn)
+	if !ok {
+		return
+	}
+	h.conn.CompareAndSwap(c, nil)
+	h.connected.Store(false)
+	h.paused.Store(false)
+	if m.closing.Load() {
+		return
+	}
+	switch {
+	case errors.Is(err, ErrUpstreamFuture):
+		m.setStatus(h, meta.HostIdle)
+		m.retryLater(h, idleRetry)
+	case errors.Is(err, ErrHostIsRelay), errors.Is(err, ErrHostBlocked):
+	default:
+		switch h.status() {
+		case meta.HostBlocked, meta.HostBanned, meta.HostOffline:
+			return
+		}
+		m.logger.Info("host disconnected; reconnecting", "host", h.name, "err", err)
+		m.retryLater(h, backoff(0))
+	}
+}
+
+// resumeLoop resumes paused hosts whose workers have room again.
+func (m *HostManager) resumeLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(resumeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+			m.mu.Lock()
+			for _, h := range m.hosts {
+				if h.paused.Load() && !h.tracker.full() {
+					if c := h.conn.Load(); c != nil {
+						h.paused.Store(false)
+						c.Resume()
+					}
+				}
+			}
+			m.mu.Unlock()
+		}
+	}
+}
+
+// flushLoop persists changed cursors every cursorFlushInterval.
+func (m *HostManager) flushLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(cursorFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+			m.flushCursors()
+		}
+	}
+}
+
+var flushMu sync.Mutex
+
+func (m *HostManager) flushCursors() {
+	flushMu.Lock()
+	defer flushMu.Unlock()
+	m.mu.Lock()
+	cursors := map[uint64]int64{}
+	changed := []*hostConn{}
+	for _, h := range m.hosts {
+		if c := h.tracker.cursor(); c != h.flushed {
+			cursors[h.id] = c
+			changed = append(changed, h)
+		}
+	}
+	m.mu.Unlock()
+	if len(cursors) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.store.UpdateHostCursors(ctx, cursors); err != nil {
+		m.logger.Error("cursor flush failed", "err", err)
+		return
+	}
+	for _, h := range changed {
+		h.flushed = cursors[h.id]
+	}
+}
+
+// close stops dialing, closes every upstream connection and waits for
+// them to close; cursors are flushed by the caller after the workers
+// and the sequencer drained.
+func (m *HostManager) close() {
+	if m.closing.Swap(true) {
+		return
+	}
+	close(m.stop)
+	m.mu.Lock()
+	for _, h := range m.hosts {
+		h.mu.Lock()
+		if h.timer != nil {
+			h.timer.Stop()
+		}
+		h.mu.Unlock()
+		if c := h.conn.Load(); c != nil {
+			_ = c.Execute(func(c *loop.Conn) { c.Close(nil) })
+		}
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+	deadline := time.Now().Add(2 * time.Second)
+	for m.connectedCount() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Hosts lists hosts with their live state.
+func (m *HostManager) Hosts() []HostInfo {
+	m.mu.Lock()
+	hosts := make([]*hostConn, 0, len(m.hosts))
+	for _, h := range m.hosts {
+		hosts = append(hosts, h)
+	}
+	m.mu.Unlock()
+	out := make([]HostInfo, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, h.info())
+	}
+	return out
+}

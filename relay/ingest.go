@@ -1,0 +1,620 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"time"
+
+	comatproto "github.com/bluesky-social/indigo/api/atproto"
+	cbg "github.com/whyrusleeping/cbor-gen"
+
+	"github.com/relay/relay/persist/meta"
+)
+
+// Ingest limits.
+const (
+	// partitionQueue bounds events waiting for one validation worker. When
+	// full, the event loop pauses the host that sent the event.
+	partitionQueue = 1024
+	// maxPendingPerDID bounds the events of one account held while its
+	// identity resolves; past it the host is paused (the event is not
+	// taken), so nothing is dropped.
+	maxPendingPerDID = 256
+	// accountCacheSize and identityCacheSize bound each partition's caches;
+	// when full an arbitrary entry is evicted (it is reloaded on demand).
+	accountCacheSize  = 1 << 18
+	identityCacheSize = 1 << 18
+	// repoStateQueue bounds repo heads waiting to be written to the store;
+	// when full the sequencer's durable callback blocks (backpressure).
+	repoStateQueue = 1 << 16
+	// repoStateFlush is how often buffered repo heads are written.
+	repoStateFlush = 100 * time.Millisecond
+	// retrySweep is how often a partition retries resolutions the resolver
+	// queue refused.
+	retrySweep = 200 * time.Millisecond
+)
+
+var errShutdown = errors.New("relay: shutting down")
+
+// ingestItem is one decoded upstream event on its way through validation.
+type ingestItem struct {
+	host *hostConn
+	useq int64 // upstream seq
+	did  string
+	recv time.Time
+
+	commit   *comatproto.SyncSubscribeRepos_Commit
+	sync     *comatproto.SyncSubscribeRepos_Sync
+	identity *comatproto.SyncSubscribeRepos_Identity
+	account  *comatproto.SyncSubscribeRepos_Account
+
+	// reresolved: the identity was already refreshed once for this item
+	// (after a signature failure or a host mismatch); it is not refreshed
+	// again.
+	reresolved bool
+	// fn, when set, is a command run on the partition (admin actions that
+	// touch account state) instead of an event.
+	fn func(p *partition)
+}
+
+func (it *ingestItem) typ() string {
+	switch {
+	case it.commit != nil:
+		return "#commit"
+	case it.sync != nil:
+		return "#sync"
+	case it.identity != nil:
+		return "#identity"
+	case it.account != nil:
+		return "#account"
+	}
+	return ""
+}
+
+// repoHead is an account's last accepted repo state.
+type repoHead struct {
+	rev       string
+	commitCID string
+	dataCID   string
+}
+
+// accountState is a partition's cached view of one account.
+type accountState struct {
+	acct meta.Account
+	head *repoHead // nil: no commit accepted yet
+}
+
+// Ingester runs the validation workers. Events are partitioned by DID, so
+// one account's events are processed in order by one worker, which owns
+// that account's cached state without locks.
+type Ingester struct {
+	r          *Relay
+	store      meta.Store
+	resolver   *Resolver
+	v          validator
+	partitions []*partition
+	seed       maphash.Seed
+	logger     *slog.Logger
+
+	repoStates chan meta.RepoState
+	stop       chan struct{} // stops the workers
+	writerStop chan struct{} // stops the repo state writer (after the sequencer)
+	wg         sync.WaitGroup
+	writerWG   sync.WaitGroup
+}
+
+// partition is one validation worker and the state it owns.
+type partition struct {
+	ing      *Ingester
+	in       chan *ingestItem
+	resolved chan *identInfo
+
+	idents   map[string]*identInfo
+	accounts map[string]*accountState
+	// pending holds events of DIDs whose identity is being resolved, in
+	// arrival order; unsent lists DIDs the resolver queue refused.
+	pending map[string][]*ingestItem
+	unsent  map[string]bool
+}
+
+func newIngester(r *Relay, store meta.Store, resolver *Resolver, workers int) *Ingester {
+	if workers < 1 {
+		workers = 1
+	}
+	ing := &Ingester{
+		r: r, store: store, resolver: resolver, seed: maphash.MakeSeed(),
+		logger:     r.logger.With("component", "ingest"),
+		v:          validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
+		repoStates: make(chan meta.RepoState, repoStateQueue),
+		stop:       make(chan struct{}),
+		writerStop: make(chan struct{}),
+	}
+	for range workers {
+		p := &partition{
+			ing: ing, in: make(chan *ingestItem, partitionQueue),
+			resolved: make(chan *identInfo, partitionQueue),
+			idents:   map[string]*identInfo{}, accounts: map[string]*accountState{},
+			pending: map[string][]*ingestItem{}, unsent: map[string]bool{},
+		}
+		ing.partitions = append(ing.partitions, p)
+		ing.wg.Add(1)
+		go p.run()
+	}
+	ing.writerWG.Add(1)
+	go ing.writeRepoStates()
+	return ing
+}
+
+// partitionOf returns the worker that owns did.
+func (ing *Ingester) partitionOf(did string) *partition {
+	return ing.partitions[maphash.String(ing.seed, did)%uint64(len(ing.partitions))]
+}
+
+// Offer hands an event to its worker without blocking; false means the
+// worker is full and the caller must pause the host.
+func (ing *Ingester) Offer(it *ingestItem) bool {
+	select {
+	case ing.partitionOf(it.did).in <- it:
+		return true
+	default:
+		return false
+	}
+}
+
+// Exec runs fn on the partition that owns did (blocking while it is full).
+func (ing *Ingester) Exec(ctx context.Context, did string, fn func(p *partition)) error {
+	select {
+	case ing.partitionOf(did).in <- &ingestItem{did: did, fn: fn}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-ing.stop:
+		return errShutdown
+	}
+}
+
+// QueueLen is the number of events waiting in all partitions.
+func (ing *Ingester) QueueLen() int {
+	n := 0
+	for _, p := range ing.partitions {
+		n += len(p.in)
+	}
+	return n
+}
+
+// CloseWorkers stops the workers after the events already queued are
+// processed (hosts must be stopped first).
+func (ing *Ingester) CloseWorkers() {
+	close(ing.stop)
+	ing.wg.Wait()
+}
+
+// CloseWriter flushes repo heads and stops the writer; call it after the
+// sequencer closed, since durable callbacks feed it.
+func (ing *Ingester) CloseWriter() {
+	close(ing.writerStop)
+	ing.writerWG.Wait()
+}
+
+func (p *partition) run() {
+	defer p.ing.wg.Done()
+	sweep := time.NewTicker(retrySweep)
+	defer sweep.Stop()
+	for {
+		// Resolutions first: they unblock held events.
+		select {
+		case info := <-p.resolved:
+			p.onResolved(info)
+			continue
+		default:
+		}
+		select {
+		case info := <-p.resolved:
+			p.onResolved(info)
+		case it := <-p.in:
+			p.handle(it)
+		case <-sweep.C:
+			p.retryUnsent()
+		case <-p.ing.stop:
+			p.drainOnStop()
+			return
+		}
+	}
+}
+
+// drainOnStop processes what is queued, so an accepted event is not lost
+// at shutdown; events still waiting for an identity are left to replay
+// from the host cursor (which does not cover them).
+func (p *partition) drainOnStop() {
+	for {
+		select {
+		case it := <-p.in:
+			if it.fn != nil {
+				it.fn(p)
+				continue
+			}
+			if _, waiting := p.pending[it.did]; waiting {
+				continue
+			}
+			if info := p.idents[it.did]; info != nil && !info.stale(time.Now()) {
+				p.process(it, info)
+			}
+		default:
+			return
+		}
+	}
+}
+
+func (p *partition) handle(it *ingestItem) {
+	if it.fn != nil {
+		it.fn(p)
+		return
+	}
+	if q, waiting := p.pending[it.did]; waiting {
+		p.pending[it.did] = append(q, it)
+		return
+	}
+	info := p.idents[it.did]
+	if it.identity != nil || info == nil || info.stale(time.Now()) {
+		// An #identity event always refreshes the identity first.
+		if it.identity != nil {
+			it.reresolved = true
+		}
+		p.waitFor(it)
+		return
+	}
+	p.process(it, info)
+}
+
+// waitFor holds it until its DID is (re)resolved.
+func (p *partition) waitFor(it *ingestItem) {
+	delete(p.idents, it.did)
+	p.pending[it.did] = append(p.pending[it.did], it)
+	p.requestResolve(it.did)
+}
+
+func (p *partition) requestResolve(did string) {
+	ok := p.ing.resolver.Resolve(did, func(info *identInfo) {
+		select {
+		case p.resolved <- info:
+		case <-p.ing.stop:
+		}
+	})
+	if !ok {
+		p.unsent[did] = true
+	}
+}
+
+func (p *partition) retryUnsent() {
+	for did := range p.unsent {
+		delete(p.unsent, did)
+		p.requestResolve(did)
+	}
+}
+
+func (p *partition) onResolved(info *identInfo) {
+	if len(p.idents) >= identityCacheSize {
+		for k := range p.idents {
+			delete(p.idents, k)
+			break
+		}
+	}
+	p.idents[info.did] = info
+	q := p.pending[info.did]
+	delete(p.pending, info.did)
+	for i, it := range q {
+		if _, again := p.pending[info.did]; again {
+			// An earlier event asked for another resolution: keep order.
+			p.pending[info.did] = append(p.pending[info.did], q[i:]...)
+			return
+		}
+		p.process(it, p.idents[info.did])
+	}
+}
+
+// drop counts a rejected event and releases its upstream seq.
+func (p *partition) drop(it *ingestItem, reason string, err error) {
+	p.ing.r.metrics.Dropped(reason).Inc()
+	it.host.countDrop(reason)
+	it.host.done(it.useq)
+	p.ing.logger.Debug("event dropped", "host", it.host.name, "did", it.did, "type", it.typ(), "reason", reason, "err", err)
+}
+
+// loadAccount returns the cached account, loading it from the store.
+func (p *partition) loadAccount(did string) (*accountState, error) {
+	if st, ok := p.accounts[did]; ok {
+		return st, nil
+	}
+	ctx := context.Background()
+	a, err := p.ing.store.GetAccountByDID(ctx, did)
+	if errors.Is(err, meta.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := &accountState{acct: *a}
+	rs, err := p.ing.store.GetRepoState(ctx, a.UID)
+	if err == nil {
+		st.head = &repoHead{rev: rs.Rev, commitCID: rs.CommitCID, dataCID: rs.DataCID}
+	} else if !errors.Is(err, meta.ErrNotFound) {
+		return nil, err
+	}
+	p.cacheAccount(st)
+	return st, nil
+}
+
+func (p *partition) cacheAccount(st *accountState) {
+	if len(p.accounts) >= accountCacheSize {
+		for k := range p.accounts {
+			delete(p.accounts, k)
+			break
+		}
+	}
+	p.accounts[st.acct.DID] = st
+}
+
+// process validates one event whose identity is resolved, and submits it
+// to the sequencer or drops it.
+func (p *partition) process(it *ingestItem, info *identInfo) {
+	start := time.Now()
+	defer p.ing.r.metrics.validateSeconds.UpdateDuration(start)
+	r := p.ing.r
+	if info.err != nil {
+		p.drop(it, "identity_error", info.err)
+		return
+	}
+	st, err := p.loadAccount(it.did)
+	if err != nil {
+		// The store is failing: the event is not lost, the host replays it
+		// after a reconnect from its cursor.
+		p.ing.logger.Error("account lookup failed", "did", it.did, "err", err)
+		it.host.fail(err)
+		return
+	}
+	authoritative := info.pds != "" && info.pds == it.host.name
+	switch {
+	case st == nil:
+		if !authoritative {
+			if !it.reresolved {
+				it.reresolved = true
+				p.waitFor(it)
+				return
+			}
+			p.drop(it, "wrong_host", errWrongHost(info, it))
+			return
+		}
+		st, err = p.createAccount(it)
+		if err != nil {
+			p.ing.logger.Error("create account failed", "did", it.did, "err", err)
+			it.host.fail(err)
+			return
+		}
+	case st.acct.HostID != it.host.id:
+		// Known account, other host: migration if the (fresh) document says
+		// this host is now its PDS.
+		if !it.reresolved {
+			it.reresolved = true
+			p.waitFor(it)
+			return
+		}
+		if !authoritative {
+			p.drop(it, "wrong_host", errWrongHost(info, it))
+			return
+		}
+		moved := st.acct
+		moved.HostID = it.host.id
+		if err := p.ing.store.UpdateAccount(context.Background(), &moved); err != nil {
+			p.ing.logger.Error("account move failed", "did", it.did, "err", err)
+			it.host.fail(err)
+			return
+		}
+		p.ing.logger.Info("account moved", "did", it.did, "from", st.acct.HostID, "to", it.host.id)
+		st.acct = moved
+		r.metrics.Counter("relay_account_migrations_total").Inc()
+	case !authoritative:
+		// The document no longer names this host: refresh once, then drop.
+		if !it.reresolved {
+			it.reresolved = true
+			p.waitFor(it)
+			return
+		}
+		p.drop(it, "wrong_host", errWrongHost(info, it))
+		return
+	}
+
+	ctx := context.Background()
+	switch {
+	case it.commit != nil:
+		if !st.acct.IsActive() {
+			p.drop(it, "inactive_account", errInactive(st))
+			return
+		}
+		res, err := p.ing.v.Commit(ctx, it.commit, info.key, st.head)
+		if err != nil {
+			if dropReason(err) == "bad_signature" && !it.reresolved {
+				// The key may have rotated without an #identity: refresh once.
+				it.reresolved = true
+				p.waitFor(it)
+				return
+			}
+			p.drop(it, dropReason(err), err)
+			return
+		}
+		if res.inversionErr != nil {
+			r.metrics.Counter("relay_inversion_failures_total").Inc()
+			it.host.countDrop("inversion_failed_accepted")
+		}
+		if res.prevDataMismatch {
+			r.metrics.Counter("relay_prevdata_mismatch_total").Inc()
+		}
+		p.accept(it, st, KindCommit, it.commit, res)
+	case it.sync != nil:
+		if !st.acct.IsActive() {
+			p.drop(it, "inactive_account", errInactive(st))
+			return
+		}
+		res, err := p.ing.v.Sync(ctx, it.sync, info.key, st.head)
+		if err != nil {
+			if dropReason(err) == "bad_signature" && !it.reresolved {
+				it.reresolved = true
+				p.waitFor(it)
+				return
+			}
+			p.drop(it, dropReason(err), err)
+			return
+		}
+		p.accept(it, st, KindSync, it.sync, res)
+	case it.identity != nil:
+		out := &comatproto.SyncSubscribeRepos_Identity{Did: it.did, Time: it.identity.Time}
+		if it.identity.Handle != nil && info.handle != "" && *it.identity.Handle == info.handle {
+			h := info.handle
+			out.Handle = &h
+		}
+		p.accept(it, st, KindIdentity, out, nil)
+	case it.account != nil:
+		if !authoritative || st.acct.HostID != it.host.id {
+			p.drop(it, "account_wrong_host", errWrongHost(info, it))
+			return
+		}
+		up := meta.AccountActive
+		if !it.account.Active {
+			up = meta.AccountDeactivated
+			if it.account.Status != nil && *it.account.Status != "" {
+				up = meta.AccountStatus(*it.account.Status)
+			}
+		}
+		if up != st.acct.UpstreamStatus {
+			updated := st.acct
+			updated.UpstreamStatus = up
+			if err := p.ing.store.UpdateAccount(ctx, &updated); err != nil {
+				p.ing.logger.Error("account status update failed", "did", it.did, "err", err)
+				it.host.fail(err)
+				return
+			}
+			st.acct = updated
+		}
+		p.accept(it, st, KindAccount, accountFrame(&st.acct, it.account.Time), nil)
+	}
+}
+
+// accountFrame is the #account the relay emits: its combined local and
+// upstream status.
+func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
+	out := &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive()}
+	if !out.Active {
+		s := string(a.Status)
+		if a.Status == meta.AccountActive || a.Status == meta.AccountThrottled || a.Status == "" {
+			s = string(a.UpstreamStatus)
+		}
+		out.Status = &s
+	}
+	return out
+}
+
+// accept moves the account's head and hands the event to the sequencer.
+// The host's cursor and the stored head advance only once it is durable.
+func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body cbg.CBORMarshaler, res *verified) {
+	var state *meta.RepoState
+	if res != nil {
+		st.head = &repoHead{rev: res.rev, commitCID: res.commitCID, dataCID: res.dataCID}
+		state = &meta.RepoState{UID: st.acct.UID, Rev: res.rev, CommitCID: res.commitCID, DataCID: res.dataCID}
+	}
+	host, useq, states := it.host, it.useq, p.ing.repoStates
+	lastIngest := &p.ing.r.hosts.lastIngest
+	ev := Outgoing{Kind: kind, UID: st.acct.UID, Body: body, Durable: func(int64) {
+		host.done(useq)
+		lastIngest.Store(time.Now().UnixNano())
+		if state != nil {
+			states <- *state
+		}
+	}}
+	if err := p.ing.r.seq.Submit(context.Background(), ev); err != nil {
+		// Not durable, so the host cursor does not pass it: it is replayed
+		// from the host after a restart.
+		p.ing.logger.Warn("event not sequenced", "did", it.did, "err", err)
+	}
+}
+
+func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
+	a := &meta.Account{DID: it.did, HostID: it.host.id, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
+	if it.host.accountLimitReached() {
+		a.Status = meta.AccountThrottled
+	}
+	if err := p.ing.store.CreateAccount(context.Background(), a); err != nil {
+		if errors.Is(err, meta.ErrExists) {
+			got, gerr := p.ing.store.GetAccountByDID(context.Background(), it.did)
+			if gerr != nil {
+				return nil, gerr
+			}
+			a = got
+		} else {
+			return nil, err
+		}
+	}
+	it.host.accountCreated()
+	st := &accountState{acct: *a}
+	p.cacheAccount(st)
+	return st, nil
+}
+
+// writeRepoStates batches durable repo heads into the store.
+func (ing *Ingester) writeRepoStates() {
+	defer ing.writerWG.Done()
+	t := time.NewTicker(repoStateFlush)
+	defer t.Stop()
+	batch := make(map[uint64]meta.RepoState)
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		states := make([]meta.RepoState, 0, len(batch))
+		for _, s := range batch {
+			states = append(states, s)
+		}
+		if err := ing.store.PutRepoStates(context.Background(), states); err != nil {
+			ing.logger.Error("repo state flush failed; will retry", "err", err, "states", len(states))
+			return
+		}
+		clear(batch)
+	}
+	for {
+		select {
+		case s := <-ing.repoStates:
+			batch[s.UID] = s
+			if len(batch) >= 4096 {
+				flush()
+			}
+		case <-t.C:
+			flush()
+		case <-ing.writerStop:
+			for {
+				select {
+				case s := <-ing.repoStates:
+					batch[s.UID] = s
+				default:
+					flush()
+					return
+				}
+			}
+		}
+	}
+}
+
+// ErrWrongHost: the account's DID document names another PDS.
+var ErrWrongHost = errors.New("relay: event from a host that is not the account's PDS")
+
+func errWrongHost(info *identInfo, it *ingestItem) error {
+	return fmt.Errorf("%w: document says %q, event from %q", ErrWrongHost, info.pds, it.host.name)
+}
+
+// ErrInactive: the account is not active (local or upstream status).
+var ErrInactive = errors.New("relay: account is not active")
+
+func errInactive(st *accountState) error {
+	return fmt.Errorf("%w: status %s, upstream %s", ErrInactive, st.acct.Status, st.acct.UpstreamStatus)
+}

@@ -1,0 +1,124 @@
+package relay
+
+import (
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Metrics are the relay's Prometheus metrics, all prefixed relay_. Each
+// relay instance has its own set, so in-process tests see their own counts.
+type Metrics struct {
+	set *metrics.Set
+
+	mu      sync.Mutex
+	dropped map[string]*metrics.Counter
+	in      map[string]*metrics.Counter
+	out     map[string]*metrics.Counter
+
+	fsyncSeconds    *metrics.Histogram
+	sequenceSeconds *metrics.Histogram
+	sequencerBatch  *metrics.Histogram
+	validateSeconds *metrics.Histogram
+	sequencerFailed *metrics.Counter
+
+	consumersConnected *metrics.Counter
+	consumersKicked    map[string]*metrics.Counter
+	framesDelivered    *metrics.Counter
+	bytesDelivered     *metrics.Counter
+	replayBytes        *metrics.Counter
+}
+
+// Drop reasons for relay_events_dropped_total that exist before any event
+// was dropped, so a dashboard shows zeros rather than gaps.
+var knownDropReasons = []string{
+	"bad_signature", "wrong_host", "stale_rev", "future_rev", "too_many_ops",
+	"blocks_too_big", "bad_cbor", "bad_frame", "text_frame", "unknown_type",
+	"inactive_account", "identity_error", "invalid_commit", "inversion_failed",
+	"duplicate_seq", "account_wrong_host", "host_blocked", "encode_error",
+	"rate_limited", "oversized_frame",
+}
+
+// Consumer close reasons for relay_consumers_closed_total.
+var knownKickReasons = []string{"too_slow", "future_cursor", "closed", "protocol", "shutdown", "dead"}
+
+// NewMetrics creates a relay's metric set.
+func NewMetrics() *Metrics {
+	s := metrics.NewSet()
+	m := &Metrics{
+		set:             s,
+		dropped:         map[string]*metrics.Counter{},
+		in:              map[string]*metrics.Counter{},
+		out:             map[string]*metrics.Counter{},
+		consumersKicked: map[string]*metrics.Counter{},
+		fsyncSeconds:    s.NewHistogram("relay_eventlog_fsync_seconds"),
+		sequenceSeconds: s.NewHistogram("relay_sequencer_batch_seconds"),
+		sequencerBatch:  s.NewHistogram("relay_sequencer_batch_events"),
+		validateSeconds: s.NewHistogram("relay_validate_seconds"),
+		sequencerFailed: s.NewCounter("relay_sequencer_failed"),
+		framesDelivered: s.NewCounter("relay_consumer_frames_sent_total"),
+		bytesDelivered:  s.NewCounter("relay_consumer_bytes_sent_total"),
+		replayBytes:     s.NewCounter("relay_consumer_replay_bytes_total"),
+	}
+	for _, r := range knownDropReasons {
+		m.Dropped(r)
+	}
+	for _, t := range []string{"#commit", "#sync", "#identity", "#account"} {
+		m.EventsIn(t)
+		m.EventsOut(t)
+	}
+	for _, r := range knownKickReasons {
+		m.ConsumerClosed(r)
+	}
+	return m
+}
+
+func (m *Metrics) labelled(cache map[string]*metrics.Counter, format, v string) *metrics.Counter {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := cache[v]
+	if !ok {
+		c = m.set.GetOrCreateCounter(fmt.Sprintf(format, v))
+		cache[v] = c
+	}
+	return c
+}
+
+// Dropped is relay_events_dropped_total{reason}.
+func (m *Metrics) Dropped(reason string) *metrics.Counter {
+	return m.labelled(m.dropped, `relay_events_dropped_total{reason=%q}`, reason)
+}
+
+// EventsIn is relay_events_in_total{type}: events received from hosts.
+func (m *Metrics) EventsIn(t string) *metrics.Counter {
+	return m.labelled(m.in, `relay_events_in_total{type=%q}`, t)
+}
+
+// EventsOut is relay_events_out_total{type}: events sequenced (durable).
+func (m *Metrics) EventsOut(t string) *metrics.Counter {
+	return m.labelled(m.out, `relay_events_out_total{type=%q}`, t)
+}
+
+// ConsumerClosed is relay_consumers_closed_total{reason}.
+func (m *Metrics) ConsumerClosed(reason string) *metrics.Counter {
+	return m.labelled(m.consumersKicked, `relay_consumers_closed_total{reason=%q}`, reason)
+}
+
+// Gauge registers a gauge computed at scrape time.
+func (m *Metrics) Gauge(name string, f func() float64) { m.set.NewGauge(name, f) }
+
+// Counter returns (creating once) a plain counter.
+func (m *Metrics) Counter(name string) *metrics.Counter { return m.set.GetOrCreateCounter(name) }
+
+// Histogram returns (creating once) a histogram.
+func (m *Metrics) Histogram(name string) *metrics.Histogram {
+	return m.set.GetOrCreateHistogram(name)
+}
+
+// WritePrometheus writes the relay's metrics and the process metrics.
+func (m *Metrics) WritePrometheus(w io.Writer) {
+	m.set.WritePrometheus(w)
+	metrics.WriteProcessMetrics(w)
+}

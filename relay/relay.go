@@ -1,0 +1,291 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/bluesky-social/indigo/atproto/identity"
+
+	"github.com/relay/relay/loop"
+	"github.com/relay/relay/persist/eventlog"
+	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/persist/meta/pebblestore"
+	"github.com/relay/relay/persist/meta/pgstore"
+)
+
+// Shutdown and service limits.
+const (
+	// drainTimeout bounds how long a graceful shutdown waits for consumers
+	// to receive what was sequenced before their sockets are closed.
+	drainTimeout = 5 * time.Second
+	// retentionInterval is how often the event log's retention runs.
+	retentionInterval = time.Minute
+	// maxHeaderBytes bounds HTTP request headers on both listeners.
+	maxHeaderBytes = 64 << 10
+)
+
+// Relay is one running relay: storage, sequencer, event loops and the HTTP
+// listeners.
+type Relay struct {
+	cfg     Config
+	logger  *slog.Logger
+	metrics *Metrics
+
+	log    *eventlog.Log
+	ring   *Ring
+	seq    *Sequencer
+	engine *loop.Engine
+	bc     *Broadcaster
+
+	store    meta.Store
+	resolver *Resolver
+	ing      *Ingester
+	hosts    *HostManager
+	bans     domainBans
+	newHosts newHostBudget
+
+	ln, mln    net.Listener
+	httpSrv    *http.Server
+	metricsSrv *http.Server
+	started    time.Time
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New opens the relay's storage and starts its internal services; Start
+// opens the listeners.
+func New(cfg Config, logger *slog.Logger) (*Relay, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	r := &Relay{cfg: cfg, logger: logger, metrics: NewMetrics(), stop: make(chan struct{})}
+	var err error
+	r.log, err = eventlog.Open(eventlog.Options{
+		Dir:              filepath.Join(cfg.DataDir, "events"),
+		Retention:        cfg.Retention,
+		SegmentMaxEvents: cfg.SegmentEvents,
+		MaxBytes:         cfg.MaxEventsBytes,
+		Logger:           logger.With("component", "eventlog"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open event log: %w", err)
+	}
+	r.store, err = openStore(cfg)
+	if err != nil {
+		r.log.Close()
+		return nil, err
+	}
+	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
+	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger.With("component", "loop")})
+	if err != nil {
+		r.store.Close()
+		r.log.Close()
+		return nil, fmt.Errorf("start event loops: %w", err)
+	}
+	r.bc = NewBroadcaster(r.engine, r.ring, r.log, r.metrics, cfg.ConsumerMaxLag, cfg.ConsumerOutboundCap, logger.With("component", "broadcast"))
+	r.seq = NewSequencer(r.log, r.ring, r.metrics, cfg.FsyncInterval, r.bc.Notify, logger.With("component", "sequencer"))
+	dir := &identity.BaseDirectory{
+		PLCURL:                 cfg.PLCHost,
+		HTTPClient:             *loop.NewHTTPClient(cfg.AllowInsecureHosts, resolveTimeout),
+		SkipHandleVerification: true,
+		UserAgent:              userAgent,
+	}
+	r.resolver = NewResolver(dir, logger.With("component", "identity"))
+	r.ing = newIngester(r, r.store, r.resolver, cfg.FrameWorkers)
+	r.hosts = newHostManager(r, r.store, r.engine, r.ing)
+	r.registerGauges()
+	r.wg.Add(1)
+	go r.retention()
+	return r, nil
+}
+
+func (r *Relay) registerGauges() {
+	r.metrics.Gauge("relay_ring_events", func() float64 { return float64(r.ring.Len()) })
+	r.metrics.Gauge("relay_ring_bytes", func() float64 { return float64(r.ring.Bytes()) })
+	r.metrics.Gauge("relay_head_seq", func() float64 { return float64(r.ring.Head()) })
+	r.metrics.Gauge("relay_sequencer_queue", func() float64 { return float64(r.seq.QueueLen()) })
+	r.metrics.Gauge("relay_eventlog_bytes", func() float64 { return float64(r.log.Stats().Bytes) })
+	r.metrics.Gauge("relay_eventlog_segments", func() float64 { return float64(r.log.Stats().Segments) })
+}
+
+// Start opens the API and metrics listeners and serves them in the
+// background.
+func (r *Relay) Start() error {
+	var err error
+	r.ln, err = net.Listen("tcp", r.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", r.cfg.Listen, err)
+	}
+	r.httpSrv = &http.Server{Handler: r.apiHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+	r.started = time.Now()
+	r.serve(r.httpSrv, r.ln)
+	if r.cfg.MetricsListen != "" {
+		r.mln, err = net.Listen("tcp", r.cfg.MetricsListen)
+		if err != nil {
+			r.ln.Close()
+			return fmt.Errorf("listen %s: %w", r.cfg.MetricsListen, err)
+		}
+		r.metricsSrv = &http.Server{Handler: r.metricsHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+		r.serve(r.metricsSrv, r.mln)
+	}
+	r.logger.Info("relay listening", "api", r.ln.Addr().String(), "metrics", r.MetricsAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bans, err := r.store.ListDomainBans(ctx)
+	if err != nil {
+		return fmt.Errorf("load domain bans: %w", err)
+	}
+	r.bans.set(bans)
+	if err := r.hosts.start(ctx); err != nil {
+		return err
+	}
+	if r.cfg.Upstream != "" {
+		r.hosts.wg.Add(1)
+		go r.hosts.bootstrap(r.cfg.Upstream)
+	}
+	return nil
+}
+
+func (r *Relay) serve(srv *http.Server, ln net.Listener) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.logger.Error("http server failed", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+// Addr is the API listener's address.
+func (r *Relay) Addr() string { return r.ln.Addr().String() }
+
+// MetricsAddr is the metrics listener's address ("" if disabled).
+func (r *Relay) MetricsAddr() string {
+	if r.mln == nil {
+		return ""
+	}
+	return r.mln.Addr().String()
+}
+
+// Metrics exposes the relay's metrics (tests, perf harness).
+func (r *Relay) Metrics() *Metrics { return r.metrics }
+
+// Submit hands an accepted event to the sequencer.
+func (r *Relay) Submit(ctx context.Context, ev Outgoing) error { return r.seq.Submit(ctx, ev) }
+
+// Head is the last durable, published seq.
+func (r *Relay) Head() int64 { return r.ring.Head() }
+
+func (r *Relay) retention() {
+	defer r.wg.Done()
+	t := time.NewTicker(retentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case now := <-t.C:
+			if n, err := r.log.Trim(now); err != nil {
+				r.logger.Error("event log retention failed", "err", err)
+			} else if n > 0 {
+				r.logger.Info("event log retention removed segments", "segments", n)
+			}
+		}
+	}
+}
+
+// Close shuts down gracefully: stop accepting connections, sequence and
+// fsync everything accepted, let consumers receive it (bounded by
+// drainTimeout), close every socket, then close storage.
+func (r *Relay) Close(ctx context.Context) error {
+	var errs []error
+	r.stopOnce.Do(func() {
+		close(r.stop)
+		if r.httpSrv != nil {
+			// Shutdown stops the listener; hijacked firehose sockets belong to
+			// the event loops and are unaffected.
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_ = r.httpSrv.Shutdown(sctx)
+			cancel()
+		}
+		// Upstream first: no new events; then validate what was queued,
+		// sequence and fsync it, and persist heads and cursors.
+		r.hosts.close()
+		r.ing.CloseWorkers()
+		if err := r.seq.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.ing.CloseWriter()
+		r.hosts.flushCursors()
+		r.resolver.Close()
+		r.drainConsumers(ctx)
+		r.bc.Close()
+		if err := r.engine.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop loops: %w", err))
+		}
+		if r.metricsSrv != nil {
+			_ = r.metricsSrv.Close()
+		}
+		r.wg.Wait()
+		if err := r.log.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close event log: %w", err))
+		}
+		if err := r.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// drainConsumers waits until every live consumer has been handed the head,
+// or drainTimeout passes.
+func (r *Relay) drainConsumers(ctx context.Context) {
+	deadline := time.Now().Add(drainTimeout)
+	head := r.ring.Head()
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		behind := false
+		for _, c := range r.bc.Consumers() {
+			if c.Position < head {
+				behind = true
+				break
+			}
+		}
+		if !behind {
+			return
+		}
+		r.bc.Notify()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// openStore opens Postgres when DatabaseURL is set, else the embedded
+// Pebble store under DataDir.
+func openStore(cfg Config) (meta.Store, error) {
+	if cfg.DatabaseURL != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := pgstore.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("open postgres store: %w", err)
+		}
+		return s, nil
+	}
+	s, err := pebblestore.Open(filepath.Join(cfg.DataDir, "meta"))
+	if err != nil {
+		return nil, fmt.Errorf("open embedded store: %w", err)
+	}
+	return s, nil
+}

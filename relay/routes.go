@@ -1,0 +1,91 @@
+package relay
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// maxJSONBody bounds request bodies of POST endpoints.
+const maxJSONBody = 64 << 10
+
+// registerRoutes adds the sync, crawl and admin endpoints.
+func (r *Relay) registerRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /xrpc/com.atproto.sync.requestCrawl", r.handleRequestCrawl)
+}
+
+// decodeJSONBody reads a bounded JSON body into v, writing the 400 itself.
+func decodeJSONBody(w http.ResponseWriter, req *http.Request, v any) bool {
+	body := http.MaxBytesReader(w, req.Body, maxJSONBody)
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, ErrNameBadRequest, "request body too large")
+			return false
+		}
+		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "invalid JSON body: "+err.Error())
+		return false
+	}
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, ErrNameBadRequest, "request body too large")
+		return false
+	}
+	return true
+}
+
+func (r *Relay) handleRequestCrawl(w http.ResponseWriter, req *http.Request) {
+	var in struct {
+		Hostname string `json:"hostname"`
+	}
+	if !decodeJSONBody(w, req, &in) {
+		return
+	}
+	if strings.TrimSpace(in.Hostname) == "" {
+		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "hostname is required")
+		return
+	}
+	_, err := r.hosts.AddHost(req.Context(), in.Hostname, r.isAdmin(req))
+	if err != nil {
+		r.writeCrawlError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (r *Relay) writeCrawlError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrHostBanned), errors.Is(err, ErrHostBlockedCrawl), errors.Is(err, ErrHostIsRelay):
+		writeError(w, http.StatusBadRequest, ErrNameHostBanned, err.Error())
+	case errors.Is(err, ErrNewHostLimit):
+		writeError(w, http.StatusTooManyRequests, "RateLimitExceeded", err.Error())
+	case errors.Is(err, ErrBadHostname), errors.Is(err, ErrDescribeServer):
+		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
+	default:
+		r.logger.Error("requestCrawl failed", "err", err)
+		writeError(w, http.StatusInternalServerError, ErrNameInternal, "could not add host")
+	}
+}
+
+// isAdmin reports whether the request carries the admin password, as
+// "Authorization: Bearer <password>" or HTTP Basic admin:<password>,
+// compared in constant time. With no password configured nobody is admin.
+func (r *Relay) isAdmin(req *http.Request) bool {
+	if r.cfg.AdminPassword == "" {
+		return false
+	}
+	want := []byte(r.cfg.AdminPassword)
+	if user, pass, ok := req.BasicAuth(); ok {
+		userOK := subtle.ConstantTimeCompare([]byte(user), []byte("admin"))
+		passOK := subtle.ConstantTimeCompare([]byte(pass), want)
+		return userOK&passOK == 1
+	}
+	auth := req.Header.Get("Authorization")
+	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
+		return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(auth[7:])), want) == 1
+	}
+	return false
+}

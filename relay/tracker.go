@@ -1,0 +1,108 @@
+package relay
+
+import (
+	"sort"
+	"sync"
+)
+
+// maxInflightPerHost bounds one host's events between its socket and
+// durability. Past it the host's socket is paused: one busy host cannot
+// fill every worker queue.
+const maxInflightPerHost = 4096
+
+// seqTracker follows one host's upstream seqs from dispatch to durable (or
+// dropped), so the persisted cursor never passes an event that a crash
+// could lose: the cursor is the highest seq below which everything is done.
+type seqTracker struct {
+	mu    sync.Mutex
+	seqs  []int64
+	dones []bool
+	head  int   // first not-done index
+	last  int64 // highest seq seen (dispatched or dropped at the socket)
+}
+
+// reset starts from a persisted cursor.
+func (t *seqTracker) reset(cursor int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.seqs, t.dones, t.head, t.last = t.seqs[:0], t.dones[:0], 0, cursor
+}
+
+// lastSeq is the highest seq seen: older or equal seqs are duplicates.
+func (t *seqTracker) lastSeq() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last
+}
+
+// full reports whether the host has too much in flight.
+func (t *seqTracker) full() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.seqs)-t.head >= maxInflightPerHost
+}
+
+// inflight is the number of events dispatched and not yet done.
+func (t *seqTracker) inflight() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.seqs) - t.head
+}
+
+// dispatch records seq as in flight.
+func (t *seqTracker) dispatch(seq int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.head > 0 && t.head >= len(t.seqs)/2 {
+		n := copy(t.seqs, t.seqs[t.head:])
+		copy(t.dones, t.dones[t.head:])
+		t.seqs, t.dones, t.head = t.seqs[:n], t.dones[:n], 0
+	}
+	t.seqs = append(t.seqs, seq)
+	t.dones = append(t.dones, false)
+	t.last = seq
+}
+
+// undispatch forgets the newest dispatch (the worker refused it).
+func (t *seqTracker) undispatch(seq, prevLast int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n := len(t.seqs); n > t.head && t.seqs[n-1] == seq {
+		t.seqs, t.dones = t.seqs[:n-1], t.dones[:n-1]
+	}
+	t.last = prevLast
+}
+
+// skip records a seq dropped before dispatch (bad frame): it is done.
+func (t *seqTracker) skip(seq int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq > t.last {
+		t.last = seq
+	}
+}
+
+// done marks seq durable or dropped.
+func (t *seqTracker) done(seq int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	live := t.seqs[t.head:]
+	i := sort.Search(len(live), func(i int) bool { return live[i] >= seq })
+	if i == len(live) || live[i] != seq {
+		return
+	}
+	t.dones[t.head+i] = true
+	for t.head < len(t.seqs) && t.dones[t.head] {
+		t.head++
+	}
+}
+
+// cursor is the seq a restart may resume after without losing anything.
+func (t *seqTracker) cursor() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.head == len(t.seqs) {
+		return t.last
+	}
+	return t.seqs[t.head] - 1
+}
