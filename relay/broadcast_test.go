@@ -2,10 +2,18 @@ package relay
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	comatproto "github.com/bluesky-social/indigo/api/atproto"
+	"github.com/gobwas/ws"
 )
 
 func submitN(t testing.TB, r *Relay, from, n int) {
@@ -127,4 +135,162 @@ func TestBadCursorIs400(t *testing.T) {
 			t.Errorf("cursor %q: status %d, want 400", q, resp.StatusCode)
 		}
 	}
+}
+
+// bigIdentityEvent is an event of about size bytes.
+func bigIdentityEvent(n, size int) Outgoing {
+	ev := identityEvent(n)
+	h := strings.Repeat("h", size)
+	ev.Body.(*comatproto.SyncSubscribeRepos_Identity).Handle = &h
+	return ev
+}
+
+// A consumer that stops reading stays bounded (its socket cap) and is
+// kicked with ConsumerTooSlow only once it lags past the maximum, while 100
+// others receive everything.
+func TestSlowConsumerKickedOnlyPastMaxLag(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.ConsumerMaxLag = 5000
+	cfg.ConsumerOutboundCap = 64 << 10
+	r := startRelay(t, cfg)
+
+	// The slow consumer: a tiny receive buffer, and it never reads.
+	d := ws.Dialer{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) {
+				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+		}}
+		return nd.DialContext(ctx, network, addr)
+	}}
+	slow, _, _, err := d.Dial(context.Background(), "ws://"+r.Addr()+"/xrpc/com.atproto.sync.subscribeRepos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+
+	const fast = 100
+	const phase1, phase2 = 3000, 15000
+	var wg sync.WaitGroup
+	errs := make(chan error, fast)
+	progress := make([]atomic.Int64, fast)
+	for i := 0; i < fast; i++ {
+		c := dialConsumer(t, r.Addr(), "")
+		wg.Add(1)
+		go func(i int, c *testConsumer) {
+			defer wg.Done()
+			want := int64(1)
+			for want <= phase1+phase2 {
+				f, err := c.next(60 * time.Second)
+				if err != nil {
+					errs <- fmt.Errorf("fast consumer %d at seq %d: %w", i, want, err)
+					return
+				}
+				if f.seq != want {
+					errs <- fmt.Errorf("fast consumer %d: seq %d, want %d", i, f.seq, want)
+					return
+				}
+				progress[i].Store(want)
+				want++
+			}
+		}(i, c)
+	}
+	waitConsumers(t, r, fast+1)
+
+	for i := 0; i < phase1; i++ {
+		if err := r.Submit(context.Background(), bigIdentityEvent(i, 400)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitProgress(t, progress, phase1)
+	if got := r.bc.Count(); got != fast+1 {
+		t.Fatalf("%d consumers connected after %d events, want %d (slow one kicked below max lag)", got, phase1, fast+1)
+	}
+	if k := r.metrics.ConsumerClosed("too_slow").Get(); k != 0 {
+		t.Fatalf("kicked %d consumers below the max lag", k)
+	}
+
+	for i := phase1; i < phase1+phase2; i++ {
+		if err := r.Submit(context.Background(), bigIdentityEvent(i, 400)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.metrics.ConsumerClosed("too_slow").Get() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("slow consumer was never kicked")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// What the slow consumer finally reads ends with ConsumerTooSlow.
+	var last frame
+	sc := &testConsumer{conn: slow}
+	for {
+		f, err := sc.next(10 * time.Second)
+		if err != nil {
+			break
+		}
+		last = f
+	}
+	if last.op != -1 || last.errNm != "ConsumerTooSlow" {
+		t.Fatalf("slow consumer's last frame %+v, want ConsumerTooSlow", last)
+	}
+}
+
+func waitConsumers(t *testing.T, r *Relay, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.bc.Count() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d consumers registered, want %d", r.bc.Count(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitProgress(t *testing.T, progress []atomic.Int64, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for i := range progress {
+		for progress[i].Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("consumer %d at %d, want %d", i, progress[i].Load(), n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// Graceful shutdown: every accepted event reaches the live consumer and
+// the log; a restart on the same data dir replays them all and continues.
+func TestGracefulShutdownLosesNothing(t *testing.T) {
+	cfg := testConfig(t)
+	r, err := New(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := dialConsumer(t, r.Addr(), "")
+	waitConsumers(t, r, 1)
+	submitN(t, r, 0, 1000)
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.readSeqs(t, 1, 1000, 10*time.Second)
+
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", "127.0.0.1:0"
+	r2 := startRelay(t, cfg)
+	if r2.Head() != 1000 {
+		t.Fatalf("head after restart %d, want 1000", r2.Head())
+	}
+	c2 := dialConsumer(t, r2.Addr(), "?cursor=0")
+	submitN(t, r2, 1000, 10)
+	c2.readSeqs(t, 1, 1010, 10*time.Second)
 }
