@@ -1,0 +1,73 @@
+package eventlog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// recoverTail scans the newest segment, truncates whatever follows its last
+// whole record (a write torn by a crash, or garbage), builds its index and
+// opens it for appending. It returns the seq of the last whole record, or 0
+// if none.
+func (l *Log) recoverTail(s *segment) (int64, error) {
+	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, fmt.Errorf("eventlog: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return 0, fmt.Errorf("eventlog: %w", err)
+	}
+	size := fi.Size()
+	bp := l.readBufs.Get().(*[]byte)
+	defer l.readBufs.Put(bp)
+
+	var (
+		lastSeq int64
+		count   int
+		idx     []indexEntry
+	)
+	end, err := scanHeaders(f, size, s.firstSeq, *bp, func(h header, off int64) error {
+		if count%indexInterval == 0 {
+			idx = append(idx, indexEntry{seq: h.seq, off: off})
+		}
+		count++
+		lastSeq = h.seq
+		return nil
+	})
+	if err != nil && !errors.Is(err, errTorn) {
+		f.Close()
+		return 0, err
+	}
+	if end < size {
+		l.logger.Warn("truncating torn tail of event log",
+			"segment", s.path, "offset", end, "bytes", size-end, "lastSeq", lastSeq)
+		if err := f.Truncate(end); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("eventlog: truncate %s: %w", s.path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("eventlog: fsync %s: %w", s.path, err)
+		}
+		recoveryTruncatedBytes.Add(int(size - end))
+	}
+	if _, err := f.Seek(end, io.SeekStart); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("eventlog: %w", err)
+	}
+	s.size.Store(end)
+	s.durSize.Store(end)
+	s.count = count
+	s.idx = idx
+	s.indexed = true
+
+	l.active = s
+	l.wf = f
+	l.w = bufio.NewWriterSize(f, writeBufferSize)
+	return lastSeq, nil
+}
