@@ -460,10 +460,10 @@ func TestAppendValidation(t *testing.T) {
 	defer l.Close()
 	appendSeqs(t, l, seqRange(1, 5), 5)
 	bad := [][]Record{
-		{recFor(6, 1), recFor(6, 1)},           // repeat inside the batch
-		{recFor(7, 1), recFor(6, 1)},           // backwards inside the batch
-		{recFor(5, 1)},                         // not after LastSeq
-		{recFor(0, 1)},                         // zero
+		{recFor(6, 1), recFor(6, 1)},             // repeat inside the batch
+		{recFor(7, 1), recFor(6, 1)},             // backwards inside the batch
+		{recFor(5, 1)},                           // not after LastSeq
+		{recFor(0, 1)},                           // zero
 		{{Seq: 6, Flags: 2, Payload: []byte{1}}}, // unknown flag
 		{{Seq: 6, Payload: make([]byte, MaxPayloadSize+1)}},
 	}
