@@ -174,6 +174,7 @@ type Log struct {
 	isClosed atomic.Bool
 
 	readBufs sync.Pool // *[]byte of readBufferSize
+	hints    hintCache // where recent ReadAfter calls stopped
 }
 
 // segment is one file of the log.
@@ -191,6 +192,61 @@ type segment struct {
 	idxMu   sync.Mutex
 	idx     []indexEntry // every indexInterval-th record
 	indexed bool         // idx covers the segment; false for sealed segments found by Open until first read
+
+	// The read-only file shared by all readers, opened on first read and
+	// kept open (an open per ReadAfter call cost more than its pread).
+	// It is closed when the segment is dropped (Trim, Close) and no reader
+	// holds it; an unlinked file stays readable until then.
+	rfMu    sync.Mutex
+	rf      *os.File
+	refs    int
+	dropped bool
+}
+
+// acquire returns the segment's shared read-only file, opening it if
+// needed, and counts the caller as a user until release. Called with
+// Log.mu held (shared), so the segment is not dropped meanwhile.
+func (s *segment) acquire() (*os.File, error) {
+	s.rfMu.Lock()
+	defer s.rfMu.Unlock()
+	if s.rf == nil {
+		f, err := os.Open(s.path)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: %w", err)
+		}
+		s.rf = f
+	}
+	s.refs++
+	return s.rf, nil
+}
+
+// release ends a use begun by acquire.
+func (s *segment) release() {
+	s.rfMu.Lock()
+	defer s.rfMu.Unlock()
+	s.refs--
+	if s.refs == 0 && s.dropped {
+		s.closeFile()
+	}
+}
+
+// drop marks the segment as gone from the log: its file is closed now if
+// unused, else by the last release.
+func (s *segment) drop() {
+	s.rfMu.Lock()
+	defer s.rfMu.Unlock()
+	s.dropped = true
+	if s.refs == 0 {
+		s.closeFile()
+	}
+}
+
+// closeFile closes the shared read file. Called with rfMu held.
+func (s *segment) closeFile() {
+	if s.rf != nil {
+		s.rf.Close() // read-only: nothing to lose
+		s.rf = nil
+	}
 }
 
 // indexEntry locates one record of a segment.
@@ -403,6 +459,11 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	l.isClosed.Store(true)
+	l.mu.RLock()
+	for _, s := range l.segs {
+		s.drop()
+	}
+	l.mu.RUnlock()
 	if cerr := l.lock.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("eventlog: %w", cerr)
 	}

@@ -556,3 +556,65 @@ func TestAppendDoesNotAllocate(t *testing.T) {
 		t.Fatalf("Append of 16 records: %v allocs per call", allocs)
 	}
 }
+
+// Records larger than the read buffer are read whole, between small ones,
+// and survive recovery.
+func TestLargeRecords(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, Options{Dir: dir, SegmentMaxEvents: 4})
+	big := func(seq int64) []byte {
+		b := make([]byte, readBufferSize+int(seq)*100_000)
+		for i := range b {
+			b[i] = byte(int64(i) ^ seq)
+		}
+		return b
+	}
+	var want []Record
+	for s := int64(1); s <= 9; s++ {
+		r := recFor(s, 1)
+		if s%3 == 0 {
+			r.Payload = big(s)
+		}
+		want = append(want, r)
+	}
+	if err := l.Append(want); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	check := func(l *Log, cursor int64, maxBytes int) {
+		t.Helper()
+		for {
+			last, err := l.ReadAfter(cursor, maxBytes, func(r Record) error {
+				w := want[r.Seq-1]
+				if r.Seq != cursor+1 || !bytes.Equal(r.Payload, w.Payload) {
+					return fmt.Errorf("seq %d after cursor %d: payload of %d bytes differs", r.Seq, cursor, len(r.Payload))
+				}
+				cursor = r.Seq
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last == 9 {
+				return
+			}
+			if last != cursor {
+				t.Fatalf("last %d, fn saw %d", last, cursor)
+			}
+		}
+	}
+	check(l, 0, 1<<30)
+	check(l, 2, 1)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, Options{Dir: dir, SegmentMaxEvents: 4})
+	defer l.Close()
+	if l.LastSeq() != 9 {
+		t.Fatalf("LastSeq = %d", l.LastSeq())
+	}
+	check(l, 0, 1<<30)
+	check(l, 5, 100)
+}

@@ -48,7 +48,7 @@ func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (la
 			return rd.last, nil
 		}
 		done, err := rd.readSegment(seg, f, fn)
-		f.Close()
+		seg.release()
 		if done || err != nil {
 			return rd.last, err
 		}
@@ -56,10 +56,11 @@ func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (la
 	}
 }
 
-// openSegment finds and opens the segment to read next: the one holding
-// last+1 if prevFirst < 0, else the first one after the segment that
-// started at prevFirst. It opens the file under mu so Trim cannot unlink it
-// first; once open the file stays readable even if Trim removes it.
+// openSegment finds the segment to read next, the one holding last+1 if
+// prevFirst < 0, else the first one after the segment that started at
+// prevFirst, and acquires its file (the caller releases it). It acquires
+// under mu so Trim cannot drop the segment first; once acquired the file
+// stays readable even if Trim removes it.
 func (l *Log) openSegment(last, prevFirst int64) (*segment, *os.File, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -93,9 +94,9 @@ func (l *Log) openSegment(last, prevFirst int64) (*segment, *os.File, error) {
 		return nil, nil, nil
 	}
 	s := segs[i]
-	f, err := os.Open(s.path)
+	f, err := s.acquire()
 	if err != nil {
-		return nil, nil, fmt.Errorf("eventlog: %w", err)
+		return nil, nil, err
 	}
 	return s, f, nil
 }
@@ -119,9 +120,11 @@ type reader struct {
 // the call is over (budget spent, durable end reached, or fn failed).
 func (rd *reader) readSegment(s *segment, f *os.File, fn func(Record) error) (done bool, err error) {
 	end := s.durSize.Load()
-	off, err := s.locate(f, rd.last+1, rd.buf)
-	if err != nil {
-		return true, err
+	off, ok := rd.l.hints.get(s, rd.last)
+	if !ok {
+		if off, err = s.locate(f, rd.last+1, rd.buf); err != nil {
+			return true, err
+		}
 	}
 	rd.win = nil
 	prev := int64(0)
@@ -164,6 +167,7 @@ func (rd *reader) readSegment(s *segment, f *os.File, fn func(Record) error) (do
 		off += size
 		rd.budget -= size
 		if rd.budget <= 0 || rd.last >= rd.dur {
+			rd.l.hints.put(s, rd.last, off)
 			return true, nil
 		}
 	}

@@ -50,11 +50,14 @@ func (l *Log) recoverTail(s *segment) (int64, error) {
 			f.Close()
 			return 0, fmt.Errorf("eventlog: truncate %s: %w", s.path, err)
 		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return 0, fmt.Errorf("eventlog: fsync %s: %w", s.path, err)
-		}
 		recoveryTruncatedBytes.Add(int(size - end))
+	}
+	// The records found are reported durable, and a process crash leaves
+	// written but unsynced records in the page cache only: fsync them
+	// before anyone can broadcast them.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("eventlog: fsync %s: %w", s.path, err)
 	}
 	if _, err := f.Seek(end, io.SeekStart); err != nil {
 		f.Close()

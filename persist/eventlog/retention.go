@@ -68,6 +68,12 @@ func (l *Log) Trim(now time.Time) (removedSegments int, err error) {
 		l.oldest.Store(oldest)
 	}
 	l.mu.Unlock()
+	if len(removed) > 0 {
+		l.hints.forget(removed)
+		for _, s := range removed {
+			s.drop()
+		}
+	}
 
 	var errs []error
 	if statErr != nil {

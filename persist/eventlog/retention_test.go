@@ -152,3 +152,40 @@ func TestTrimWhileReading(t *testing.T) {
 		t.Fatalf("seen %v last %d, want %v", short(seen), last, short(want))
 	}
 }
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(entries)
+}
+
+// Readers share one cached file per segment; Trim and Close release them.
+func TestTrimAndCloseReleaseReadFiles(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, Options{Dir: dir, SegmentMaxEvents: 10})
+	appendSeqs(t, l, seqRange(1, 50), 10)
+	base := openFDs(t)
+	checkRecords(t, readAll(t, l, 0, 100), seqRange(1, 50))
+	checkRecords(t, readAll(t, l, 0, 1<<30), seqRange(1, 50))
+	if got := openFDs(t); got != base+5 {
+		t.Fatalf("%d fds after reading 5 segments twice, want %d", got, base+5)
+	}
+	l.opts.MaxBytes = 1
+	if n, err := l.Trim(time.Now()); n != 4 || err != nil {
+		t.Fatalf("Trim = %d, %v", n, err)
+	}
+	if got := openFDs(t); got != base+1 {
+		t.Fatalf("%d fds after trimming 4 segments, want %d", got, base+1)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close also releases the writer's file and the lock file.
+	if got := openFDs(t); got != base-2 {
+		t.Fatalf("%d fds after Close, want %d", got, base-2)
+	}
+}
