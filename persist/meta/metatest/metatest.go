@@ -473,7 +473,7 @@ func testAccountUpdateMove(t *testing.T, s meta.Store) {
 	// Move: one count goes from h1 to h2.
 	a.HostID = h2.ID
 	a.Status = meta.AccountActive
-	a.DID = "did:plc:renamed"  // not updatable
+	a.DID = "did:plc:renamed"     // not updatable
 	a.CreatedAt = time.Unix(1, 0) // not updatable
 	if err := s.UpdateAccount(ctx(t), a); err != nil {
 		t.Fatal(err)
