@@ -40,7 +40,7 @@ func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (la
 
 	var prevFirst int64 = -1 // firstSeq of the segment just read
 	for {
-		seg, f, err := l.openSegment(rd.last, prevFirst)
+		seg, first, f, err := l.openSegment(rd.last, prevFirst)
 		if err != nil {
 			return rd.last, err
 		}
@@ -52,7 +52,7 @@ func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (la
 		if done || err != nil {
 			return rd.last, err
 		}
-		prevFirst = seg.firstSeq
+		prevFirst = first
 	}
 }
 
@@ -60,8 +60,9 @@ func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (la
 // prevFirst < 0, else the first one after the segment that started at
 // prevFirst, and acquires its file (the caller releases it). It acquires
 // under mu so Trim cannot drop the segment first; once acquired the file
-// stays readable even if Trim removes it.
-func (l *Log) openSegment(last, prevFirst int64) (*segment, *os.File, error) {
+// stays readable even if Trim removes it. It returns the segment's first
+// seq as read under mu (an empty tail segment may be renamed).
+func (l *Log) openSegment(last, prevFirst int64) (*segment, int64, *os.File, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	segs := l.segs
@@ -91,14 +92,14 @@ func (l *Log) openSegment(last, prevFirst int64) (*segment, *os.File, error) {
 		i = lo
 	}
 	if i >= len(segs) {
-		return nil, nil, nil
+		return nil, 0, nil, nil
 	}
 	s := segs[i]
 	f, err := s.acquire()
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
-	return s, f, nil
+	return s, s.firstSeq, f, nil
 }
 
 // reader is the state of one ReadAfter call.
@@ -138,7 +139,7 @@ func (rd *reader) readSegment(s *segment, f *os.File, fn func(Record) error) (do
 		h := decodeHeader(p)
 		size := h.recordSize()
 		if !h.plausible(prev) || off+size > end {
-			return true, fmt.Errorf("%w: %s: bad record at offset %d", ErrCorrupt, s.path, off)
+			return true, fmt.Errorf("%w: %s: bad record at offset %d", ErrCorrupt, f.Name(), off)
 		}
 		if h.seq > rd.dur {
 			return true, nil
