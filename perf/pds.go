@@ -67,6 +67,10 @@ type PDSOptions struct {
 	// DefaultPDSLogFrames and DefaultPDSLogBytes.
 	MaxLogFrames int
 	MaxLogBytes  int64
+	// Routes adds handlers by ServeMux pattern (e.g. "GET /xrpc/x.y.z"),
+	// for tests that need more of a PDS (or a stand-in relay) than the
+	// firehose and describeServer.
+	Routes map[string]http.HandlerFunc
 }
 
 // logEntry is one frame of a PDS's stream. Raw entries (fault injection)
@@ -162,6 +166,9 @@ func StartPDS(opts PDSOptions) (*PDS, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"version": "perf"})
 	})
 	mux.HandleFunc("GET /xrpc/com.atproto.sync.subscribeRepos", p.subscribeRepos)
+	for pattern, h := range opts.Routes {
+		mux.HandleFunc(pattern, h)
+	}
 	var h http.Handler = mux
 	if opts.ServerHeader != "" {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
