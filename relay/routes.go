@@ -15,6 +15,8 @@ const maxJSONBody = 64 << 10
 // registerRoutes adds the sync, crawl and admin endpoints.
 func (r *Relay) registerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /xrpc/com.atproto.sync.requestCrawl", r.handleRequestCrawl)
+	r.registerSyncAPI(mux)
+	r.registerAdminAPI(mux)
 }
 
 // decodeJSONBody reads a bounded JSON body into v, writing the 400 itself.
