@@ -86,6 +86,7 @@ type consumer struct {
 	lat    Histogram
 	ended  atomic.Bool
 	err    error // terminal error; read after ended
+	seen   bool  // a seq was seen (goroutine-local)
 }
 
 // Fleet is K firehose consumers. Each costs one goroutine (stack 8 KiB
@@ -268,11 +269,13 @@ func (f *Fleet) observe(c *consumer, p []byte) {
 	default:
 		c.c.unknown.Add(1)
 	}
-	if fi.Seq >= 0 {
+	if fi.HasSeq {
 		last := c.c.lastSeq.Load()
 		switch {
-		case last < 0:
+		case !c.seen:
+			c.seen = true
 			c.c.firstSeq.Store(fi.Seq)
+			last = fi.Seq - 1
 		case fi.Seq <= last:
 			c.c.duplicates.Add(1)
 		case fi.Seq > last+1:

@@ -1,6 +1,9 @@
 package perf
 
-import "errors"
+import (
+	"encoding/binary"
+	"errors"
+)
 
 // scanMaxDepth bounds CBOR nesting while skipping values, so a hostile
 // frame cannot recurse the scanner deep.
@@ -17,13 +20,14 @@ var (
 // FrameInfo is what a firehose consumer needs from a frame. Byte slices
 // alias the scanned payload and are valid only as long as it is.
 type FrameInfo struct {
-	Op    int64  // header op: 1 message, -1 error
-	Type  string // header t ("#commit", ...; "" if absent; "?" if unknown)
-	Seq   int64  // body seq, -1 if absent
-	DID   []byte // body repo (#commit) or did
-	Rev   []byte // body rev (#commit, #sync)
-	Error []byte // error frame name (op -1)
-	Name  []byte // #info name
+	Op     int64  // header op: 1 message, -1 error
+	Type   string // header t ("#commit", ...; "" if absent; "?" if unknown)
+	Seq    int64  // body seq (0 if absent)
+	HasSeq bool   // the body has a seq field
+	DID    []byte // body repo (#commit) or did
+	Rev    []byte // body rev (#commit, #sync)
+	Error  []byte // error frame name (op -1)
+	Name   []byte // #info name
 }
 
 // knownTypes are the header types ScanFrame reports by name; it returns
@@ -35,7 +39,7 @@ var knownTypes = []string{TypeCommit, TypeSync, TypeIdentity, TypeAccount, TypeI
 // skipped by length). It does not allocate. It is the consumer fleet's
 // parser: cheap enough to run for every frame at every consumer.
 func ScanFrame(p []byte) (FrameInfo, error) {
-	fi := FrameInfo{Seq: -1}
+	var fi FrameInfo
 	i, err := scanMap(p, 0, func(key []byte, p []byte, i int) (int, error) {
 		switch string(key) {
 		case "op":
@@ -72,11 +76,22 @@ func ScanFrame(p []byte) (FrameInfo, error) {
 			if err != nil {
 				return 0, err
 			}
-			fi.Seq = v
+			fi.Seq, fi.HasSeq = v, true
 			return n, nil
-		case "repo", "did":
+		case "repo":
+			if fi.Type != TypeCommit {
+				return cborSkip(p, i, 0)
+			}
+			dst = &fi.DID
+		case "did":
+			if fi.Type == TypeCommit {
+				return cborSkip(p, i, 0)
+			}
 			dst = &fi.DID
 		case "rev":
+			if fi.Type != TypeCommit && fi.Type != TypeSync {
+				return cborSkip(p, i, 0)
+			}
 			dst = &fi.Rev
 		case "error":
 			dst = &fi.Error
@@ -132,15 +147,26 @@ func cborHead(p []byte, i int) (major byte, arg uint64, next int, err error) {
 	switch {
 	case info < 24:
 		return major, uint64(info), i, nil
-	case info <= 27:
-		size := 1 << (info - 24)
-		if i+size > len(p) {
+	case info == 24:
+		if i+1 > len(p) {
 			return 0, 0, 0, ErrScanTruncated
 		}
-		for _, b := range p[i : i+size] {
-			arg = arg<<8 | uint64(b)
+		return major, uint64(p[i]), i + 1, nil
+	case info == 25:
+		if i+2 > len(p) {
+			return 0, 0, 0, ErrScanTruncated
 		}
-		return major, arg, i + size, nil
+		return major, uint64(binary.BigEndian.Uint16(p[i:])), i + 2, nil
+	case info == 26:
+		if i+4 > len(p) {
+			return 0, 0, 0, ErrScanTruncated
+		}
+		return major, uint64(binary.BigEndian.Uint32(p[i:])), i + 4, nil
+	case info == 27:
+		if i+8 > len(p) {
+			return 0, 0, 0, ErrScanTruncated
+		}
+		return major, binary.BigEndian.Uint64(p[i:]), i + 8, nil
 	}
 	return 0, 0, 0, ErrScanInvalid
 }
