@@ -349,7 +349,8 @@ type FleetStats struct {
 	// MinLastSeq and MaxLastSeq span the consumers' last seen seq.
 	MinLastSeq int64 `json:"min_last_seq"`
 	MaxLastSeq int64 `json:"max_last_seq"`
-	// MinCommits is the fewest commits any fast consumer received.
+	// MinCommits is the fewest commits any fast consumer received (any
+	// consumer, when all are slow).
 	MinCommits int64 `json:"min_commits"`
 
 	// Latency is emit-to-receive over fast consumers, SlowLatency over slow.
@@ -400,6 +401,14 @@ func (f *Fleet) Stats() FleetStats {
 			st.MinLastSeq = last
 		}
 		st.MaxLastSeq = max(st.MaxLastSeq, last)
+	}
+	if st.MinCommits < 0 {
+		// An all-slow fleet: the fewest commits of any consumer.
+		for _, c := range f.consumers {
+			if n := c.c.commits.Load(); st.MinCommits < 0 || n < st.MinCommits {
+				st.MinCommits = n
+			}
+		}
 	}
 	st.MinCommits = max(st.MinCommits, 0)
 	st.Latency = fast.Summary()
