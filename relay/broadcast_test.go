@@ -163,7 +163,7 @@ func TestSlowConsumerKickedOnlyPastMaxLag(t *testing.T) {
 		}}
 		return nd.DialContext(ctx, network, addr)
 	}}
-	slow, _, _, err := d.Dial(context.Background(), "ws://"+r.Addr()+"/xrpc/com.atproto.sync.subscribeRepos")
+	slow, slowBR, _, err := d.Dial(context.Background(), "ws://"+r.Addr()+"/xrpc/com.atproto.sync.subscribeRepos")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,9 +210,13 @@ func TestSlowConsumerKickedOnlyPastMaxLag(t *testing.T) {
 		t.Fatalf("kicked %d consumers below the max lag", k)
 	}
 
+	// Paced so the fast consumers never lag past the maximum themselves.
 	for i := phase1; i < phase1+phase2; i++ {
 		if err := r.Submit(context.Background(), bigIdentityEvent(i, 400)); err != nil {
 			t.Fatal(err)
+		}
+		if (i+1)%1000 == 0 {
+			waitProgress(t, progress, int64(i+1)-1000)
 		}
 	}
 	wg.Wait()
@@ -229,7 +233,7 @@ func TestSlowConsumerKickedOnlyPastMaxLag(t *testing.T) {
 	}
 	// What the slow consumer finally reads ends with ConsumerTooSlow.
 	var last frame
-	sc := &testConsumer{conn: slow}
+	sc := newTestConsumer(slow, slowBR)
 	for {
 		f, err := sc.next(10 * time.Second)
 		if err != nil {

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -78,24 +79,38 @@ type frame struct {
 // testConsumer is a blocking WebSocket firehose client for tests.
 type testConsumer struct {
 	conn net.Conn
+	rd   io.ReadWriter // reads conn after what the handshake reader buffered
 }
 
 func dialConsumer(t testing.TB, addr string, query string) *testConsumer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, _, _, err := ws.Dial(ctx, "ws://"+addr+"/xrpc/com.atproto.sync.subscribeRepos"+query)
+	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+"/xrpc/com.atproto.sync.subscribeRepos"+query)
 	if err != nil {
 		t.Fatalf("dial consumer: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &testConsumer{conn: conn}
+	return newTestConsumer(conn, br)
+}
+
+// newTestConsumer reads conn, starting with bytes the handshake buffered
+// (the relay may send frames in the same segment as its 101 response).
+func newTestConsumer(conn net.Conn, br *bufio.Reader) *testConsumer {
+	var rd io.ReadWriter = conn
+	if br != nil && br.Buffered() > 0 {
+		rd = struct {
+			io.Reader
+			io.Writer
+		}{io.MultiReader(br, conn), conn}
+	}
+	return &testConsumer{conn: conn, rd: rd}
 }
 
 // next reads one frame, or returns an error (io.EOF when closed).
 func (c *testConsumer) next(timeout time.Duration) (frame, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
-	msg, err := wsutil.ReadServerBinary(c.conn)
+	msg, err := wsutil.ReadServerBinary(c.rd)
 	if err != nil {
 		return frame{}, err
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"io"
 	"bytes"
 	"context"
 	"fmt"
@@ -101,9 +103,16 @@ type received struct {
 
 // readCommits reads #commit frames from a subscription into out until the
 // connection fails.
-func readCommits(conn net.Conn, mu *sync.Mutex, out *[]received) error {
+func readCommits(conn net.Conn, br *bufio.Reader, mu *sync.Mutex, out *[]received) error {
+	var rd io.ReadWriter = conn
+	if br != nil {
+		rd = struct {
+			io.Reader
+			io.Writer
+		}{io.MultiReader(br, conn), conn}
+	}
 	for {
-		msg, err := wsutil.ReadServerBinary(conn)
+		msg, err := wsutil.ReadServerBinary(rd)
 		if err != nil {
 			return err
 		}
@@ -159,14 +168,14 @@ func TestKillAndRestartKeepsWhatConsumersSaw(t *testing.T) {
 	defer func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() }()
 	crawl(t, p.api, pds.Host())
 
-	conn, _, _, err := ws.Dial(context.Background(), "ws://"+p.api+"/xrpc/com.atproto.sync.subscribeRepos")
+	conn, br, _, err := ws.Dial(context.Background(), "ws://"+p.api+"/xrpc/com.atproto.sync.subscribeRepos")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
 	var before []received
 	readDone := make(chan error, 1)
-	go func() { readDone <- readCommits(conn, &mu, &before) }()
+	go func() { readDone <- readCommits(conn, br, &mu, &before) }()
 
 	// Emit continuously until the kill.
 	var stop atomic.Bool
@@ -217,13 +226,13 @@ func TestKillAndRestartKeepsWhatConsumersSaw(t *testing.T) {
 	// Restart and replay from the start.
 	p2 := startRelayProc(t, bin, dataDir, plc.URL())
 	defer func() { _ = p2.cmd.Process.Kill(); _ = p2.cmd.Wait() }()
-	conn2, _, _, err := ws.Dial(context.Background(), "ws://"+p2.api+"/xrpc/com.atproto.sync.subscribeRepos?cursor=0")
+	conn2, br2, _, err := ws.Dial(context.Background(), "ws://"+p2.api+"/xrpc/com.atproto.sync.subscribeRepos?cursor=0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn2.Close()
 	var after []received
-	go func() { _ = readCommits(conn2, &mu, &after) }()
+	go func() { _ = readCommits(conn2, br2, &mu, &after) }()
 	// New events after the restart must continue the sequence.
 	for i := 0; i < 20; i++ {
 		c, err := accounts[i%len(accounts)].Commit(1)
