@@ -320,6 +320,11 @@ func (m *HostManager) dial(h *hostConn) {
 	h.rec.Failures = 0
 	wasStatus := h.rec.Status
 	h.mu.Unlock()
+	if wasStatus == meta.HostBlocked || wasStatus == meta.HostBanned {
+		// Blocked or banned while dialing: do not undo it.
+		_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostBlocked) })
+		return
+	}
 	if wasStatus != meta.HostActive && wasStatus != meta.HostThrottled {
 		m.setStatus(h, meta.HostActive)
 	}

@@ -117,8 +117,10 @@ func (m *Metrics) Histogram(name string) *metrics.Histogram {
 	return m.set.GetOrCreateHistogram(name)
 }
 
-// WritePrometheus writes the relay's metrics and the process metrics.
+// WritePrometheus writes the relay's metrics, the process-wide ones of
+// the default set (the event log's: takedowns, segments removed by
+// reason, recovery) and the process metrics.
 func (m *Metrics) WritePrometheus(w io.Writer) {
 	m.set.WritePrometheus(w)
-	metrics.WriteProcessMetrics(w)
+	metrics.WritePrometheus(w, true)
 }

@@ -26,14 +26,14 @@ func decodeJSONBody(w http.ResponseWriter, req *http.Request, v any) bool {
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, ErrNameBadRequest, "request body too large")
+			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "request body too large")
 			return false
 		}
 		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "invalid JSON body: "+err.Error())
 		return false
 	}
 	if _, err := io.Copy(io.Discard, body); err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, ErrNameBadRequest, "request body too large")
+		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "request body too large")
 		return false
 	}
 	return true
