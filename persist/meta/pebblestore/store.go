@@ -636,11 +636,13 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// slogLogger routes Pebble's log lines to slog.
+// slogLogger routes Pebble's log lines to slog. Pebble's informational
+// lines (WAL replay, compactions, flushes) are routine, so they go out at
+// Debug level.
 type slogLogger struct{}
 
 func (slogLogger) Infof(format string, args ...any) {
-	slog.Info(fmt.Sprintf(format, args...), "component", "pebble")
+	slog.Debug(fmt.Sprintf(format, args...), "component", "pebble")
 }
 
 // Fatalf is called by Pebble on unrecoverable corruption; like Pebble's
