@@ -251,7 +251,7 @@ func (m *HostManager) bootstrap(seed string) {
 			m.logger.Info("bootstrap from upstream done", "upstream", seed, "hosts", n)
 			return
 		}
-		m.logger.Warn("bootstrap from upstream failed; retrying", "upstream", seed, "err", err, "retry_in", wait)
+		m.logger.Warn("bootstrap from upstream failed; retrying", "upstream", seed, "err", err, "retry_in", wait.String())
 		select {
 		case <-m.stop:
 			return
