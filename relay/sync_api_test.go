@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/relay/relay/perf"
+	"github.com/relay/relay/persist/meta"
 	"github.com/relay/relay/wsframe"
 )
 
@@ -486,6 +488,39 @@ func TestRequestCrawlPolicy(t *testing.T) {
 	for _, h := range []string{"banned.example.com", "pds.BANNED.example.com", "https://x.banned.example.com/"} {
 		if res := crawl(h, http.Header{"Authorization": {"Bearer s3cret"}}); res.status != 400 || res.errName != ErrNameHostBanned {
 			t.Errorf("%s: %d %q, want 400 HostBanned", h, res.status, res.errName)
+		}
+	}
+}
+
+// BenchmarkListReposPage measures one full listRepos page (1,000 accounts,
+// each with a repo head) on the embedded store, served in-process.
+func BenchmarkListReposPage(b *testing.B) {
+	r := startRelay(b, testConfig(b))
+	ctx := context.Background()
+	host := &meta.Host{Hostname: "pds.example.com", Status: meta.HostActive}
+	if err := r.store.CreateHost(ctx, host); err != nil {
+		b.Fatal(err)
+	}
+	var states []meta.RepoState
+	for i := 0; i < maxListReposLimit; i++ {
+		a := &meta.Account{DID: fmt.Sprintf("did:plc:bench%019d", i), HostID: host.ID, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
+		if err := r.store.CreateAccount(ctx, a); err != nil {
+			b.Fatal(err)
+		}
+		states = append(states, meta.RepoState{UID: a.UID, Rev: "3kabcdefghijk", CommitCID: "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm", DataCID: "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"})
+	}
+	if err := r.store.PutRepoStates(ctx, states); err != nil {
+		b.Fatal(err)
+	}
+	h := r.apiHandler()
+	req := httptest.NewRequest("GET", "/xrpc/com.atproto.sync.listRepos?limit=1000", nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
 		}
 	}
 }
