@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -73,21 +74,25 @@ func (r *Relay) writeCrawlError(w http.ResponseWriter, err error) {
 }
 
 // isAdmin reports whether the request carries the admin password, as
-// "Authorization: Bearer <password>" or HTTP Basic admin:<password>,
-// compared in constant time. With no password configured nobody is admin.
+// "Authorization: Bearer <password>" or HTTP Basic admin:<password>. Both
+// sides are hashed before a constant-time compare, so neither the content
+// nor the length of the password leaks through timing. With no password
+// configured nobody is admin.
 func (r *Relay) isAdmin(req *http.Request) bool {
 	if r.cfg.AdminPassword == "" {
 		return false
 	}
-	want := []byte(r.cfg.AdminPassword)
+	want := sha256.Sum256([]byte(r.cfg.AdminPassword))
 	if user, pass, ok := req.BasicAuth(); ok {
-		userOK := subtle.ConstantTimeCompare([]byte(user), []byte("admin"))
-		passOK := subtle.ConstantTimeCompare([]byte(pass), want)
-		return userOK&passOK == 1
+		u := sha256.Sum256([]byte(user))
+		admin := sha256.Sum256([]byte("admin"))
+		got := sha256.Sum256([]byte(pass))
+		return subtle.ConstantTimeCompare(u[:], admin[:])&subtle.ConstantTimeCompare(got[:], want[:]) == 1
 	}
 	auth := req.Header.Get("Authorization")
 	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
-		return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(auth[7:])), want) == 1
+		got := sha256.Sum256([]byte(strings.TrimSpace(auth[7:])))
+		return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 	}
 	return false
 }

@@ -125,6 +125,7 @@ func (s *Sequencer) run() {
 		batch   []Outgoing
 		recs    []eventlog.Record
 		entries []*ringEntry
+		seqs    []int64 // seqs[i] is batch[i]'s seq (unused when it failed)
 		payload bytes.Buffer
 	)
 	for {
@@ -151,10 +152,11 @@ func (s *Sequencer) run() {
 			}
 		}
 		start := time.Now()
-		recs, entries = recs[:0], entries[:0]
+		recs, entries, seqs = recs[:0], entries[:0], seqs[:0]
 		seq := s.log.LastSeq()
 		for i := range batch {
 			seq++
+			seqs = append(seqs, seq)
 			ev := &batch[i]
 			t, err := setSeq(ev.Body, seq)
 			if err != nil {
@@ -193,9 +195,10 @@ func (s *Sequencer) run() {
 		}
 		s.metrics.fsyncSeconds.UpdateDuration(syncStart)
 		s.ring.Publish(entries)
+		// Events that failed to encode had their callback cleared.
 		for i := range batch {
 			if batch[i].Durable != nil {
-				batch[i].Durable(entries[0].seq + int64(i))
+				batch[i].Durable(seqs[i])
 			}
 		}
 		s.metrics.sequencerBatch.Update(float64(len(recs)))
