@@ -41,68 +41,152 @@ var (
 	ErrHostBlockedCrawl = errors.New("relay: host is blocked")
 )
 
-// normalizeHostname turns user input (maybe with a scheme, path, or upper
-// case) into the host[:port] the relay stores, and says whether it is
-// plain (ws://). In production only DNS names without a port are allowed;
-// with insecure hosts allowed, localhost:PORT and IP:PORT are too.
+// Default ports, removed from stored hostnames so that "host:443" and
+// "https://host" name the same host.
+const (
+	defaultTLSPort   = "443"
+	defaultPlainPort = "80"
+)
+
+// normalizeHostname turns requestCrawl or listHosts input into the
+// host[:port] the relay stores and dials, and says whether the host is
+// plain (ws:// and http://) rather than TLS.
+//
+// Input is a bare host[:port] or a URL with scheme http, https, ws or wss
+// and nothing after the host but an optional "/". The result is
+// lower-case, an IPv6 literal is in brackets, and the scheme's default
+// port is removed.
+//
+// In production (allowInsecure false) only DNS names with an allowed TLD,
+// over TLS, on the default port pass: no IP literal, no localhost, no
+// other port, no plain scheme. Input is refused on its syntax alone,
+// before any lookup or dial, so requestCrawl cannot make the relay send a
+// packet to an internal address; the SSRF-safe dialer is a second line.
+//
+// With insecure hosts allowed (development, tests) IP literals, localhost
+// and any port pass too. A bare IP literal or localhost means plain
+// ws:// (local servers seldom have certificates); an explicit https:// or
+// wss:// selects TLS. A bare DNS name means TLS in both modes.
 func normalizeHostname(raw string, allowInsecure bool) (host string, noSSL bool, err error) {
 	s := strings.TrimSpace(raw)
 	if s == "" {
 		return "", false, fmt.Errorf("%w: empty", ErrBadHostname)
 	}
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil || u.Host == "" {
-			return "", false, fmt.Errorf("%w: %q", ErrBadHostname, raw)
-		}
-		noSSL = u.Scheme == "http" || u.Scheme == "ws"
-		if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "ws" && u.Scheme != "wss" {
-			return "", false, fmt.Errorf("%w: scheme %q", ErrBadHostname, u.Scheme)
-		}
-		s = u.Host
+	hostport, noSSL, explicit, ok := splitScheme(s)
+	if !ok {
+		return "", false, fmt.Errorf("%w: %q is not a host or http(s)/ws(s) URL", ErrBadHostname, raw)
 	}
-	s = strings.ToLower(strings.TrimSuffix(s, "/"))
-	name, port, hasPort := s, "", false
-	if h, p, err := net.SplitHostPort(s); err == nil {
-		name, port, hasPort = h, p, true
+	name, port, ok := splitHostPort(strings.ToLower(hostport))
+	if !ok {
+		return "", false, fmt.Errorf("%w: %q", ErrBadHostname, raw)
 	}
-	if hasPort {
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port[0] == '0' {
 			return "", false, fmt.Errorf("%w: port %q", ErrBadHostname, port)
 		}
 	}
-	if allowInsecure {
-		if _, err := netip.ParseAddr(name); err == nil || name == "localhost" {
-			if !hasPort && !strings.Contains(raw, "://") {
-				noSSL = true
-			}
-			if strings.Contains(s, ":") && !hasPort {
-				return "", false, fmt.Errorf("%w: %q", ErrBadHostname, raw)
-			}
-			if !strings.Contains(raw, "://") {
-				noSSL = true
-			}
-			return s, noSSL, nil
+	ip, ipErr := netip.ParseAddr(name)
+	isIP := ipErr == nil
+	if isIP && ip.Zone() != "" {
+		return "", false, fmt.Errorf("%w: IPv6 zones are not allowed: %q", ErrBadHostname, raw)
+	}
+	local := name == "localhost"
+	if allowInsecure && (isIP || local) {
+		if !explicit {
+			noSSL = true
 		}
-	} else {
-		if hasPort {
-			return "", false, fmt.Errorf("%w: ports are not allowed: %q", ErrBadHostname, raw)
+		if isIP {
+			name = ip.String()
 		}
-		if noSSL {
-			return "", false, fmt.Errorf("%w: plain http/ws hosts are not allowed", ErrBadHostname)
-		}
-		if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return joinHostPort(name, stripDefaultPort(port, noSSL)), noSSL, nil
+	}
+	port = stripDefaultPort(port, noSSL)
+	if !allowInsecure {
+		switch {
+		case noSSL:
+			return "", false, fmt.Errorf("%w: plain http/ws hosts are not allowed: %q", ErrBadHostname, raw)
+		case isIP:
 			return "", false, fmt.Errorf("%w: IP addresses are not allowed: %q", ErrBadHostname, raw)
-		}
-		if name == "localhost" || strings.HasSuffix(name, ".localhost") || strings.HasSuffix(name, ".local") || strings.HasSuffix(name, ".internal") {
-			return "", false, fmt.Errorf("%w: %q is not a public name", ErrBadHostname, raw)
+		case port != "":
+			return "", false, fmt.Errorf("%w: ports are not allowed: %q", ErrBadHostname, raw)
 		}
 	}
 	hdl, err := syntax.ParseHandle(name)
-	if err != nil || !hdl.AllowedTLD() {
-		return "", false, fmt.Errorf("%w: %q is not a DNS name", ErrBadHostname, raw)
+	if err != nil || (!allowInsecure && !hdl.AllowedTLD()) {
+		return "", false, fmt.Errorf("%w: %q is not a public DNS name", ErrBadHostname, raw)
 	}
-	return s, noSSL, nil
+	return joinHostPort(name, port), noSSL, nil
+}
+
+// splitScheme separates an optional URL scheme from s. explicit says a
+// scheme was given; ok is false for anything but a bare host[:port] or a
+// http(s)/ws(s) URL with no user, path, query or fragment.
+func splitScheme(s string) (hostport string, noSSL, explicit, ok bool) {
+	if !strings.Contains(s, "://") {
+		s = strings.TrimSuffix(s, "/")
+		if s == "" || strings.ContainsAny(s, "/?#@ \t") {
+			return "", false, false, false
+		}
+		return s, false, false, true
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.User != nil || u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
+		return "", false, true, false
+	}
+	switch u.Scheme {
+	case "https", "wss":
+		return u.Host, false, true, true
+	case "http", "ws":
+		return u.Host, true, true, true
+	}
+	return "", false, true, false
+}
+
+// splitHostPort splits host[:port], where host may be a bracketed or a
+// bare IPv6 literal. The port is "" when absent; ok is false for an empty
+// host or an empty port after a colon.
+func splitHostPort(hp string) (name, port string, ok bool) {
+	switch {
+	case strings.HasPrefix(hp, "["):
+		if strings.HasSuffix(hp, "]") {
+			name = hp[1 : len(hp)-1]
+		} else {
+			h, p, err := net.SplitHostPort(hp)
+			if err != nil || p == "" {
+				return "", "", false
+			}
+			name, port = h, p
+		}
+	case strings.Count(hp, ":") == 1:
+		h, p, err := net.SplitHostPort(hp)
+		if err != nil || p == "" {
+			return "", "", false
+		}
+		name, port = h, p
+	default: // no colon, or a bare IPv6 literal
+		name = hp
+	}
+	return name, port, name != ""
+}
+
+// stripDefaultPort drops the scheme's default port.
+func stripDefaultPort(port string, noSSL bool) string {
+	if (noSSL && port == defaultPlainPort) || (!noSSL && port == defaultTLSPort) {
+		return ""
+	}
+	return port
+}
+
+// joinHostPort is net.JoinHostPort that leaves out an empty port (and
+// still brackets an IPv6 literal).
+func joinHostPort(name, port string) string {
+	if port != "" {
+		return net.JoinHostPort(name, port)
+	}
+	if strings.Contains(name, ":") {
+		return "[" + name + "]"
+	}
+	return name
 }
 
 // domainBans is the cached set of banned domain suffixes.

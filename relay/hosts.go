@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -138,6 +139,12 @@ type HostManager struct {
 	logger *slog.Logger
 	client *http.Client
 	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// tlsConfig, when set, is used for wss:// upstreams instead of the
+	// system roots (tests with a self-signed PDS; see setUpstreamTLS).
+	tlsConfig *tls.Config
+	// backoff is the wait before redial number failures+1; it is a field
+	// so that tests can make reconnection immediate.
+	backoff func(failures int) time.Duration
 
 	mu     sync.Mutex
 	hosts  map[uint64]*hostConn
@@ -155,7 +162,8 @@ func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingest
 		logger: r.logger.With("component", "hosts"),
 		client: loop.NewHTTPClient(r.cfg.AllowInsecureHosts, 20*time.Second),
 		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
-		stop: make(chan struct{}),
+		stop:    make(chan struct{}),
+		backoff: backoff,
 	}
 	if !r.cfg.AllowInsecureHosts {
 		m.dialer = loop.SafeDialContext(&net.Dialer{Timeout: dialTimeout})
@@ -302,7 +310,7 @@ func (m *HostManager) dial(h *hostConn) {
 	h.ready.Store(false)
 	hdr := http.Header{}
 	hdr.Set("User-Agent", userAgent)
-	res, err := m.engine.Dial(ctx, url, loop.DialOptions{Timeout: dialTimeout, Header: hdr, NetDial: m.dialer}, m, h)
+	res, err := m.engine.Dial(ctx, url, loop.DialOptions{Timeout: dialTimeout, TLSConfig: m.tlsConfig, Header: hdr, NetDial: m.dialer}, m, h)
 	h.mu.Lock()
 	h.dialing = false
 	h.mu.Unlock()
@@ -345,10 +353,20 @@ func (m *HostManager) dialFailed(h *hostConn, err error) {
 		return
 	}
 	m.logger.Info("host dial failed", "host", h.name, "failures", failures, "err", err)
-	m.retryLater(h, backoff(failures))
+	m.retryLater(h, m.backoff(failures))
 }
 
-// backoff is exponential with full jitter in [d/2, d].
+// setUpstreamTLS makes wss:// dials and https:// describeServer probes
+// trust cfg (e.g. a private CA) instead of the system roots. It must be
+// called before Relay.Start; tests use it for self-signed PDS hosts.
+func (m *HostManager) setUpstreamTLS(cfg *tls.Config) {
+	m.tlsConfig = cfg
+	if tr, ok := m.client.Transport.(*http.Transport); ok {
+		tr.TLSClientConfig = cfg.Clone()
+	}
+}
+
+// backoff is exponential with jitter in [d/2, d].
 func backoff(failures int) time.Duration {
 	d := reconnectBase << min(failures, 16)
 	if d > reconnectMax || d <= 0 {
@@ -413,7 +431,7 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 			return
 		}
 		m.logger.Info("host disconnected; reconnecting", "host", h.name, "err", err)
-		m.retryLater(h, backoff(0))
+		m.retryLater(h, m.backoff(0))
 	}
 }
 

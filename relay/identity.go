@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -145,18 +146,21 @@ func (r *Resolver) lookup(did string) *identInfo {
 }
 
 // endpointHost reduces a PDS endpoint URL to the host name the relay uses
-// for that host: lower-case host[:port] without a default port.
+// for that host, normalized as normalizeHostname does (lower-case,
+// canonical IP literal, default port removed), so that an account's
+// document and the host it streams from compare equal.
 func endpointHost(endpoint string) string {
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" {
 		return ""
 	}
-	h := strings.ToLower(u.Host)
-	if (u.Scheme == "https" || u.Scheme == "wss") && strings.HasSuffix(h, ":443") {
-		h = strings.TrimSuffix(h, ":443")
+	name, port, ok := splitHostPort(strings.ToLower(u.Host))
+	if !ok {
+		return ""
 	}
-	if (u.Scheme == "http" || u.Scheme == "ws") && strings.HasSuffix(h, ":80") {
-		h = strings.TrimSuffix(h, ":80")
+	if ip, err := netip.ParseAddr(name); err == nil {
+		name = ip.String()
 	}
-	return h
+	noSSL := u.Scheme == "http" || u.Scheme == "ws"
+	return joinHostPort(name, stripDefaultPort(port, noSSL))
 }
