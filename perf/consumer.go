@@ -74,6 +74,7 @@ type fleetCounters struct {
 	errorFrames, futureCursor, tooSlow, outdated                 atomic.Int64
 	gaps, missing, duplicates, scanErrors, nonBinary             atomic.Int64
 	firstSeq, lastSeq                                            atomic.Int64
+	bytes, faults                                                atomic.Int64
 }
 
 // consumer is one firehose subscription.
@@ -215,6 +216,7 @@ func (f *Fleet) run(c *consumer) {
 			return
 		}
 		c.c.frames.Add(1)
+		c.c.bytes.Add(int64(len(p)))
 		if op != ws.OpBinary {
 			c.c.nonBinary.Add(1)
 		} else {
@@ -251,20 +253,32 @@ func (f *Fleet) observe(c *consumer, p []byte) {
 		}
 		return
 	}
-	switch fi.Type {
-	case TypeInfo:
+	if fi.Type == TypeInfo {
 		c.c.infos.Add(1)
 		if string(fi.Name) == InfoOutdatedCursor {
 			c.c.outdated.Add(1)
 		}
 		return
-	case TypeCommit:
+	}
+	var (
+		lat          time.Duration
+		fault, known bool
+	)
+	if len(fi.Rev) > 0 {
+		lat, fault, known = f.opts.Table.Lookup(fi.DID, fi.Rev)
+	}
+	switch {
+	case fault:
+		// A fault event came through: the target failed to drop it. It is
+		// not counted as a commit, so delivery figures stay honest.
+		c.c.faults.Add(1)
+	case fi.Type == TypeCommit:
 		c.c.commits.Add(1)
-	case TypeSync:
+	case fi.Type == TypeSync:
 		c.c.syncs.Add(1)
-	case TypeIdentity:
+	case fi.Type == TypeIdentity:
 		c.c.identities.Add(1)
-	case TypeAccount:
+	case fi.Type == TypeAccount:
 		c.c.accounts.Add(1)
 	default:
 		c.c.unknown.Add(1)
@@ -286,14 +300,10 @@ func (f *Fleet) observe(c *consumer, p []byte) {
 			c.c.lastSeq.Store(fi.Seq)
 		}
 	}
-	if len(fi.Rev) == 0 {
+	if !known || fault {
 		return
 	}
-	d, ok := f.opts.Table.Latency(fi.DID, fi.Rev)
-	if !ok {
-		return
-	}
-	c.lat.Record(d)
+	c.lat.Record(lat)
 	if c.probe {
 		sec := int(time.Since(f.start) / time.Second)
 		if sec >= len(f.timeline) {
@@ -306,7 +316,7 @@ func (f *Fleet) observe(c *consumer, p []byte) {
 				h = f.timeline[sec].Load()
 			}
 		}
-		h.Record(d)
+		h.Record(lat)
 	}
 }
 
@@ -334,6 +344,11 @@ type FleetStats struct {
 	Unknown    int64 `json:"unknown"`
 	NonBinary  int64 `json:"non_binary"`
 	ScanErrors int64 `json:"scan_errors"`
+	// Bytes is the payload bytes of every message received.
+	Bytes int64 `json:"bytes"`
+	// FaultsDelivered counts fault events (bad signature, stale rev, wrong
+	// host) that reached a consumer: a correct target delivers none.
+	FaultsDelivered int64 `json:"faults_delivered"`
 
 	ErrorFrames     int64 `json:"error_frames"`
 	FutureCursor    int64 `json:"future_cursor"`
@@ -389,6 +404,8 @@ func (f *Fleet) Stats() FleetStats {
 		st.Unknown += c.c.unknown.Load()
 		st.NonBinary += c.c.nonBinary.Load()
 		st.ScanErrors += c.c.scanErrors.Load()
+		st.Bytes += c.c.bytes.Load()
+		st.FaultsDelivered += c.c.faults.Load()
 		st.ErrorFrames += c.c.errorFrames.Load()
 		st.FutureCursor += c.c.futureCursor.Load()
 		st.ConsumerTooSlow += c.c.tooSlow.Load()

@@ -1,6 +1,7 @@
 package perf
 
 import (
+	"errors"
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
@@ -114,4 +115,76 @@ func UnknownTypeFrame() []byte {
 		0xa2, 0x61, 't', 0x68, '#', 'u', 'n', 'k', 'n', 'o', 'w', 'n', 0x62, 'o', 'p', 0x01,
 		0xa1, 0x63, 's', 'e', 'q', 0x00,
 	}
+}
+
+// FaultKind names a fault event mixed into a pregenerated batch. The names
+// are the relay's drop reasons for them.
+type FaultKind string
+
+// Fault kinds.
+const (
+	FaultNone         FaultKind = ""
+	FaultBadSignature FaultKind = "bad_signature"
+	FaultWrongHost    FaultKind = "wrong_host"
+	FaultStaleRev     FaultKind = "stale_rev"
+	FaultGarbage      FaultKind = "garbage"
+)
+
+// wrongHostVictimShare: one account in this many (at least one) is set
+// aside to send only wrong-host commits, so the commits a relay drops for
+// the wrong host never break the chain of an account it follows.
+const wrongHostVictimShare = 50
+
+// ErrFaultOptions is returned for fault fractions outside [0, 1], summing
+// over 1, or a negative disconnect rate.
+var ErrFaultOptions = errors.New("perf: fault fractions must be in [0, 1] and sum to at most 1; disconnects >= 0")
+
+// FaultOptions mixes faults into a pregenerated batch. The fractions are
+// of the batch's events; each fault event replaces a valid one.
+type FaultOptions struct {
+	// BadSignature: commits signed with a key the DID document does not name.
+	BadSignature float64
+	// WrongHost: valid commits of an account sent by another host (needs
+	// two hosts; from accounts set aside for it, see wrongHostVictimShare).
+	WrongHost float64
+	// StaleRev: correctly signed commits whose rev is older than the last.
+	StaleRev float64
+	// Garbage: WebSocket messages that are not CBOR at all.
+	Garbage float64
+	// Disconnects is the rate (per second, over the whole network) at
+	// which the emitter abruptly closes a random host's subscriptions.
+	Disconnects float64
+}
+
+// Any reports whether any fault is configured.
+func (f FaultOptions) Any() bool {
+	return f.BadSignature > 0 || f.WrongHost > 0 || f.StaleRev > 0 || f.Garbage > 0 || f.Disconnects > 0
+}
+
+func (f FaultOptions) validate() error {
+	sum := 0.0
+	for _, v := range []float64{f.BadSignature, f.WrongHost, f.StaleRev, f.Garbage} {
+		if v < 0 || v > 1 {
+			return ErrFaultOptions
+		}
+		sum += v
+	}
+	if sum > 1 || f.Disconnects < 0 {
+		return ErrFaultOptions
+	}
+	return nil
+}
+
+// draw picks the kind of one event from a uniform u in [0, 1).
+func (f FaultOptions) draw(u float64) FaultKind {
+	for _, k := range []struct {
+		p    float64
+		kind FaultKind
+	}{{f.BadSignature, FaultBadSignature}, {f.WrongHost, FaultWrongHost}, {f.StaleRev, FaultStaleRev}, {f.Garbage, FaultGarbage}} {
+		if u < k.p {
+			return k.kind
+		}
+		u -= k.p
+	}
+	return FaultNone
 }

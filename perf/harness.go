@@ -80,6 +80,25 @@ type Scenario struct {
 	// SkipWarmup skips the one-commit-per-account warmup (the target then
 	// resolves identities during the timed phase).
 	SkipWarmup bool
+	// Faults mixes fault events into the timed phase.
+	Faults FaultOptions
+	// Live, when set, is called once a second during the timed phase and
+	// the drain with a snapshot (for a progress line).
+	Live func(Live)
+}
+
+// Live is a once-a-second snapshot of a running scenario.
+type Live struct {
+	// Elapsed since the timed phase started.
+	Elapsed time.Duration
+	// Emitted valid events so far, and the pregenerated total.
+	Emitted, Total int64
+	// Fleet is the consumer fleet so far (cumulative).
+	Fleet FleetStats
+	// Second is the last complete second of the probe consumers' series.
+	Second SecondStat
+	// Observed is the target's latest Observe sample (nil without one).
+	Observed map[string]float64
 }
 
 // Result is what one scenario measured.
@@ -109,7 +128,13 @@ type Result struct {
 	DrainTime  time.Duration   `json:"drain_ns"`
 	Timeline   []SecondStat    `json:"timeline"`
 	Observed   []ObservedPoint `json:"observed,omitempty"`
-	Notes      []string        `json:"notes,omitempty"`
+	// Replay, when measured, is one consumer reading the target's log
+	// from cursor 0 after the run.
+	Replay *ReplayStats `json:"replay,omitempty"`
+	// Extra holds figures a caller adds (e.g. the CPU split of an
+	// in-process run); the Markdown report lists them.
+	Extra map[string]float64 `json:"extra,omitempty"`
+	Notes []string           `json:"notes,omitempty"`
 }
 
 // ObservedPoint is one Target.Observe sample.
@@ -172,7 +197,7 @@ func RunOn(ctx context.Context, target Target, sc Scenario, n *Network) (*Result
 	}
 
 	start := time.Now()
-	pre, err := n.Pregenerate(PregenOptions{Events: sc.Events, Ops: sc.Ops})
+	pre, err := n.Pregenerate(PregenOptions{Events: sc.Events, Ops: sc.Ops, Faults: sc.Faults})
 	if err != nil {
 		return nil, err
 	}
@@ -194,12 +219,23 @@ func RunOn(ctx context.Context, target Target, sc Scenario, n *Network) (*Result
 	}
 	defer fleet.Close()
 
+	em := NewEmitter(pre, sc.Profile)
+	emitStart := time.Now()
 	obsCtx, stopObs := context.WithCancel(ctx)
 	obsDone := make(chan []ObservedPoint, 1)
-	go func() { obsDone <- observe(obsCtx, target.Observe) }()
+	go func() {
+		obsDone <- observe(obsCtx, target.Observe, func(obs map[string]float64) {
+			if sc.Live == nil {
+				return
+			}
+			l := Live{Elapsed: time.Since(emitStart), Emitted: em.Emitted(), Total: int64(pre.Valid), Fleet: fleet.Stats(), Observed: obs}
+			if tl := fleet.Timeline(); len(tl) >= 2 {
+				l.Second = tl[len(tl)-2]
+			}
+			sc.Live(l)
+		})
+	}()
 
-	emitStart := time.Now()
-	em := NewEmitter(pre, sc.Profile)
 	res.Emit = em.Run(ctx, sc.Duration)
 	emitted := res.Emit.Emitted
 
@@ -242,6 +278,9 @@ func RunOn(ctx context.Context, target Target, sc Scenario, n *Network) (*Result
 	if res.Fleet.Gaps > 0 || res.Fleet.Duplicates > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("ordering: %d gaps (%d missing), %d duplicates", res.Fleet.Gaps, res.Fleet.Missing, res.Fleet.Duplicates))
 	}
+	if res.Fleet.FaultsDelivered > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("validation: %d fault events reached consumers", res.Fleet.FaultsDelivered))
+	}
 	return res, nil
 }
 
@@ -274,16 +313,21 @@ func warmup(ctx context.Context, target Target, n *Network, timeout time.Duratio
 	return probe.Stats().Commits, nil
 }
 
-// observe samples fn once a second until ctx ends.
-func observe(ctx context.Context, fn func() map[string]float64) []ObservedPoint {
-	if fn == nil {
-		return nil
-	}
+// observe samples fn once a second until ctx ends, passing each sample
+// (nil without fn) to each, when set.
+func observe(ctx context.Context, fn func() map[string]float64, each func(map[string]float64)) []ObservedPoint {
 	var out []ObservedPoint
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for sec := 0; ; sec++ {
-		out = append(out, ObservedPoint{Second: sec, Values: fn()})
+		var v map[string]float64
+		if fn != nil {
+			v = fn()
+			out = append(out, ObservedPoint{Second: sec, Values: v})
+		}
+		if each != nil {
+			each(v)
+		}
 		select {
 		case <-ctx.Done():
 			return out

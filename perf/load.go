@@ -10,6 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	comatproto "github.com/bluesky-social/indigo/api/atproto"
+	"github.com/gobwas/ws"
 )
 
 // epoch anchors monoNanos: latencies are measured on the monotonic clock
@@ -25,6 +28,9 @@ func monoNanos() int64 { return int64(time.Since(epoch)) }
 type EmitTable struct {
 	slots map[uint64]int32
 	times []atomic.Int64 // monoNanos at emit, 0 = not emitted yet
+	// faults marks the slots of fault events (a relay must drop them);
+	// nil when the batch has none.
+	faults []bool
 }
 
 // eventKey hashes (did, rev) with FNV-1a; collisions among a run's events
@@ -72,6 +78,23 @@ func (t *EmitTable) Latency(did, rev []byte) (time.Duration, bool) {
 	return time.Duration(monoNanos() - at), true
 }
 
+// Lookup is Latency that also says whether (did, rev) is a fault event,
+// which a correct relay never delivers. ok is false for unknown events.
+func (t *EmitTable) Lookup(did, rev []byte) (lat time.Duration, fault, ok bool) {
+	if t == nil {
+		return 0, false, false
+	}
+	slot, found := t.slots[eventKey(did, rev)]
+	if !found {
+		return 0, false, false
+	}
+	at := t.times[slot].Load()
+	if at == 0 {
+		return 0, false, false
+	}
+	return time.Duration(monoNanos() - at), int(slot) < len(t.faults) && t.faults[slot], true
+}
+
 // PregenFrame is one event ready to send: its host, upstream seq and frame.
 type PregenFrame struct {
 	PDS   *PDS
@@ -79,6 +102,9 @@ type PregenFrame struct {
 	Frame []byte
 	DID   string
 	Rev   string
+	// Fault is the kind of a fault event ("" for a valid one). A garbage
+	// fault has no seq and is sent with PDS.EmitRaw.
+	Fault FaultKind
 	slot  int32
 }
 
@@ -87,6 +113,14 @@ type Pregen struct {
 	Frames []PregenFrame
 	Table  *EmitTable
 	Bytes  int64 // total frame bytes
+	// Valid is the number of frames that are not faults: what a correct
+	// relay delivers.
+	Valid int
+	// Hosts are the distinct hosts the batch is emitted on, and
+	// DisconnectRate the abrupt disconnects per second the emitter causes
+	// among them (from PregenOptions.Faults).
+	Hosts          []*PDS
+	DisconnectRate float64
 }
 
 // PregenOptions shapes a pregenerated batch.
@@ -104,6 +138,8 @@ type PregenOptions struct {
 	Workers int
 	// Seed makes the account schedule reproducible (0: random).
 	Seed uint64
+	// Faults mixes fault events into the batch.
+	Faults FaultOptions
 }
 
 // ErrNoAccounts is returned by Pregenerate with no account to write to.
@@ -126,6 +162,9 @@ func Pregenerate(opts PregenOptions) (*Pregen, error) {
 	if len(accts) == 0 {
 		return nil, ErrNoAccounts
 	}
+	if err := opts.Faults.validate(); err != nil {
+		return nil, err
+	}
 	workers := opts.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -136,20 +175,59 @@ func Pregenerate(opts PregenOptions) (*Pregen, error) {
 	}
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 
-	// Schedule: which account writes each event, and with how many ops.
-	who := make([]int32, opts.Events)
-	ops := make([]uint8, opts.Events)
 	hosts := make([]*PDS, len(accts))
-	perHost := make(map[*PDS]int)
+	hostIndex := make(map[*PDS]int)
+	var distinct []*PDS
 	for i, a := range accts {
 		if hosts[i] = a.PDS(); hosts[i] == nil {
 			return nil, fmt.Errorf("perf: account %s has no PDS", a.DID)
 		}
+		if _, ok := hostIndex[hosts[i]]; !ok {
+			hostIndex[hosts[i]] = len(distinct)
+			distinct = append(distinct, hosts[i])
+		}
 	}
+	// Accounts that write valid events, and those set aside for
+	// wrong-host faults.
+	var senders, victims []int32
+	for i := range accts {
+		if opts.Faults.WrongHost > 0 && len(distinct) >= 2 && len(accts) >= 2 && i%wrongHostVictimShare == wrongHostVictimShare-1 {
+			victims = append(victims, int32(i))
+		} else {
+			senders = append(senders, int32(i))
+		}
+	}
+	if opts.Faults.WrongHost > 0 && len(distinct) >= 2 && len(accts) >= 2 && len(victims) == 0 {
+		victims, senders = senders[len(senders)-1:], senders[:len(senders)-1]
+	}
+
+	// Schedule: which account writes each event, what kind it is, with how
+	// many ops, and on which host it goes out.
+	who := make([]int32, opts.Events)
+	ops := make([]uint8, opts.Events)
+	kinds := make([]FaultKind, opts.Events)
+	dest := make([]*PDS, opts.Events)
+	perHost := make(map[*PDS]int)
 	for i := range who {
-		who[i] = int32(rng.IntN(len(accts)))
-		ops[i] = uint8(opsFor(rng, opts.Ops))
-		perHost[hosts[who[i]]]++
+		k := opts.Faults.draw(rng.Float64())
+		if k == FaultWrongHost && len(victims) == 0 {
+			k = FaultNone
+		}
+		kinds[i] = k
+		if k == FaultWrongHost {
+			who[i] = victims[rng.IntN(len(victims))]
+			dest[i] = distinct[(hostIndex[hosts[who[i]]]+1)%len(distinct)]
+		} else {
+			who[i] = senders[rng.IntN(len(senders))]
+			dest[i] = hosts[who[i]]
+		}
+		ops[i] = 1
+		if k == FaultNone {
+			ops[i] = uint8(opsFor(rng, opts.Ops))
+		}
+		if k != FaultGarbage {
+			perHost[dest[i]]++
+		}
 	}
 	// Seqs: consecutive per host, in schedule order.
 	next := make(map[*PDS]int64, len(perHost))
@@ -157,13 +235,21 @@ func Pregenerate(opts PregenOptions) (*Pregen, error) {
 		next[h] = h.ReserveSeqs(c)
 	}
 	pre := &Pregen{
-		Frames: make([]PregenFrame, opts.Events),
-		Table:  &EmitTable{slots: make(map[uint64]int32, opts.Events), times: make([]atomic.Int64, opts.Events)},
+		Frames:         make([]PregenFrame, opts.Events),
+		Table:          &EmitTable{slots: make(map[uint64]int32, opts.Events), times: make([]atomic.Int64, opts.Events)},
+		Hosts:          distinct,
+		DisconnectRate: opts.Faults.Disconnects,
+	}
+	if opts.Faults.Any() {
+		pre.Table.faults = make([]bool, opts.Events)
 	}
 	for i := range who {
-		h := hosts[who[i]]
-		pre.Frames[i] = PregenFrame{PDS: h, Seq: next[h], slot: int32(i)}
-		next[h]++
+		h := dest[i]
+		pre.Frames[i] = PregenFrame{PDS: h, Fault: kinds[i], slot: int32(i)}
+		if kinds[i] != FaultGarbage {
+			pre.Frames[i].Seq = next[h]
+			next[h]++
+		}
 	}
 
 	var wg sync.WaitGroup
@@ -176,20 +262,21 @@ func Pregenerate(opts PregenOptions) (*Pregen, error) {
 				if int(who[i])%workers != w {
 					continue
 				}
-				a := accts[who[i]]
-				c, err := a.Commit(int(ops[i]))
+				f := &pre.Frames[i]
+				if f.Fault == FaultGarbage {
+					f.Frame = GarbageFrame()
+					continue
+				}
+				c, err := buildScheduled(accts[who[i]], f, int(ops[i]))
 				if err != nil {
 					errs[w] = err
 					return
 				}
-				f, err := EncodeEvent(Event{Commit: c}, pre.Frames[i].Seq)
-				if err != nil {
+				if f.Frame, err = EncodeEvent(Event{Commit: c}, f.Seq); err != nil {
 					errs[w] = err
 					return
 				}
-				pre.Frames[i].Frame = f
-				pre.Frames[i].DID = c.Repo
-				pre.Frames[i].Rev = c.Rev
+				f.DID, f.Rev = c.Repo, c.Rev
 			}
 		}()
 	}
@@ -199,10 +286,41 @@ func Pregenerate(opts PregenOptions) (*Pregen, error) {
 	}
 	for i := range pre.Frames {
 		f := &pre.Frames[i]
-		pre.Table.slots[eventKeyString(f.DID, f.Rev)] = f.slot
 		pre.Bytes += int64(len(f.Frame))
+		if f.Fault == FaultNone {
+			pre.Valid++
+		}
+		if f.DID == "" {
+			continue
+		}
+		key := eventKeyString(f.DID, f.Rev)
+		if _, dup := pre.Table.slots[key]; dup && f.Fault != FaultNone {
+			// A fault that collides with an earlier event keeps no slot, so
+			// the earlier (valid) event is never counted as a fault.
+			continue
+		}
+		pre.Table.slots[key] = f.slot
+		if pre.Table.faults != nil {
+			pre.Table.faults[f.slot] = f.Fault != FaultNone
+		}
 	}
 	return pre, nil
+}
+
+// buildScheduled builds the commit for f. A stale-rev fault of an account
+// without a commit yet becomes a valid commit (f.Fault is cleared).
+func buildScheduled(a *Account, f *PregenFrame, ops int) (*comatproto.SyncSubscribeRepos_Commit, error) {
+	switch f.Fault {
+	case FaultBadSignature:
+		return a.BadSignatureCommit()
+	case FaultStaleRev:
+		c, err := a.StaleRevCommit()
+		if !errors.Is(err, ErrNoCommit) {
+			return c, err
+		}
+		f.Fault = FaultNone
+	}
+	return a.Commit(ops)
 }
 
 // opsFor draws an op count: fixed when n > 0, else the realistic mix.
@@ -279,12 +397,18 @@ const emitTick = time.Millisecond
 
 // EmitStats is what an Emitter did.
 type EmitStats struct {
-	Emitted  int64         `json:"emitted"`
-	Errors   int64         `json:"errors"`
-	Elapsed  time.Duration `json:"elapsed_ns"`
-	PerSec   []int64       `json:"per_second"` // events emitted in each second
-	Profile  string        `json:"profile"`
-	Finished bool          `json:"finished"` // every pregenerated event was emitted
+	// Emitted counts valid events (what a correct relay delivers).
+	Emitted int64         `json:"emitted"`
+	Errors  int64         `json:"errors"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	PerSec  []int64       `json:"per_second"` // valid events emitted in each second
+	Profile string        `json:"profile"`
+	// Finished: every pregenerated event was emitted.
+	Finished bool `json:"finished"`
+	// Faults counts fault events emitted, by kind; Disconnects the
+	// abrupt disconnects caused.
+	Faults      map[FaultKind]int64 `json:"faults,omitempty"`
+	Disconnects int64               `json:"disconnects,omitempty"`
 }
 
 // Emitter sends a Pregen's frames at a Profile's aggregate rate across the
@@ -300,18 +424,20 @@ func NewEmitter(pre *Pregen, profile Profile) *Emitter {
 	return &Emitter{pre: pre, profile: profile}
 }
 
-// Emitted is the number of events emitted so far.
+// Emitted is the number of valid events emitted so far.
 func (e *Emitter) Emitted() int64 { return e.emitted.Load() }
 
 // Run emits until every frame is sent, maxDur elapses (0: no limit) or ctx
-// ends. It returns early with what it did; it can be called once.
+// ends. It returns early with what it did; it can be called once. The
+// profile's rate counts every frame, faults included.
 func (e *Emitter) Run(ctx context.Context, maxDur time.Duration) EmitStats {
 	st := EmitStats{Profile: e.profile.Name}
 	frames := e.pre.Frames
 	start := time.Now()
 	tick := time.NewTicker(emitTick)
 	defer tick.Stop()
-	var due float64
+	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	var due, discDue float64
 	last := time.Duration(0)
 	i := 0
 	for i < len(frames) {
@@ -327,23 +453,41 @@ func (e *Emitter) Run(ctx context.Context, maxDur time.Duration) EmitStats {
 		}
 		// Trapezoid integral of the rate over the last interval.
 		due += (e.profile.Rate(last) + e.profile.Rate(el)) / 2 * (el - last).Seconds()
+		if len(e.pre.Hosts) > 0 {
+			discDue += e.pre.DisconnectRate * (el - last).Seconds()
+			for ; discDue >= 1; discDue-- {
+				e.pre.Hosts[rng.IntN(len(e.pre.Hosts))].DropConnections()
+				st.Disconnects++
+			}
+		}
 		last = el
 		sec := int(el / time.Second)
 		for len(st.PerSec) <= sec {
 			st.PerSec = append(st.PerSec, 0)
 		}
 		now := monoNanos()
-		for i < len(frames) && float64(st.Emitted+st.Errors) < due {
+		for ; i < len(frames) && float64(i) < due; i++ {
 			f := &frames[i]
 			e.pre.Table.times[f.slot].Store(now)
-			if err := f.PDS.EmitFrame(f.Seq, f.Frame); err != nil {
-				st.Errors++
+			var err error
+			if f.Fault == FaultGarbage {
+				f.PDS.EmitRaw(f.Frame, ws.OpBinary)
 			} else {
+				err = f.PDS.EmitFrame(f.Seq, f.Frame)
+			}
+			switch {
+			case err != nil:
+				st.Errors++
+			case f.Fault != FaultNone:
+				if st.Faults == nil {
+					st.Faults = make(map[FaultKind]int64)
+				}
+				st.Faults[f.Fault]++
+			default:
 				st.Emitted++
 				st.PerSec[sec]++
 				e.emitted.Add(1)
 			}
-			i++
 		}
 	}
 	st.Elapsed = time.Since(start)

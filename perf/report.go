@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
@@ -19,7 +20,8 @@ func WriteJSON(w io.Writer, results []*Result) error {
 	return enc.Encode(results)
 }
 
-// WriteMarkdown writes one table row per result, then each result's notes.
+// WriteMarkdown writes one table row per result, then each result's
+// details (latency tail, faults, replay, observed target figures, notes).
 func WriteMarkdown(w io.Writer, results []*Result) error {
 	var b strings.Builder
 	b.WriteString("| scenario | target | profile | hosts x accounts | consumers (slow) | emitted | delivered | ratio | throughput/s | p50 | p90 | p99 | max | gaps / dups | too slow |\n")
@@ -34,19 +36,83 @@ func WriteMarkdown(w io.Writer, results []*Result) error {
 			r.Fleet.Gaps, r.Fleet.Duplicates, r.Fleet.ConsumerTooSlow)
 	}
 	for _, r := range results {
-		if len(r.Notes) == 0 && len(r.Fleet.Errors) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "\n**%s / %s**\n\n", mdCell(r.Scenario), mdCell(r.Target))
-		for _, n := range r.Notes {
-			fmt.Fprintf(&b, "- %s\n", mdCell(n))
-		}
-		for _, e := range r.Fleet.Errors {
-			fmt.Fprintf(&b, "- consumer error: %s\n", mdCell(e))
-		}
+		writeDetails(&b, r)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeDetails writes a result's figures beyond the table row: latency
+// tail, faults, replay, extra figures, observed target samples, notes.
+func writeDetails(b *strings.Builder, r *Result) {
+	fmt.Fprintf(b, "\n**%s / %s**\n\n", mdCell(r.Scenario), mdCell(r.Target))
+	if l := r.Fleet.Latency; l.Count > 0 {
+		fmt.Fprintf(b, "- latency (fast consumers, %d samples): p50 %s, p90 %s, p99 %s, p99.9 %s, max %s\n",
+			l.Count, fmtDur(l.P50), fmtDur(l.P90), fmtDur(l.P99), fmtDur(l.P999), fmtDur(l.Max))
+	}
+	if r.Emit.Emitted > 0 {
+		fmt.Fprintf(b, "- pregenerated %d events (%.1f MB) in %s; warmup %s; drain %s\n",
+			r.PregenEvents, float64(r.PregenBytes)/1e6, r.PregenDuration.Round(time.Millisecond),
+			r.WarmupDuration.Round(time.Millisecond), r.DrainTime.Round(time.Millisecond))
+	}
+	if len(r.Emit.Faults) > 0 || r.Emit.Disconnects > 0 {
+		kinds := make([]string, 0, len(r.Emit.Faults))
+		for k := range r.Emit.Faults {
+			kinds = append(kinds, string(k))
+		}
+		sort.Strings(kinds)
+		var parts []string
+		for _, k := range kinds {
+			parts = append(parts, fmt.Sprintf("%s %d", k, r.Emit.Faults[FaultKind(k)]))
+		}
+		fmt.Fprintf(b, "- faults emitted: %s; disconnects %d; fault events delivered: %d\n",
+			strings.Join(parts, ", "), r.Emit.Disconnects, r.Fleet.FaultsDelivered)
+	}
+	if rp := r.Replay; rp != nil {
+		fmt.Fprintf(b, "- replay from cursor %d to %d: %d frames, %.1f MB in %s: %.0f frames/s, %.1f MB/s (gaps %d, duplicates %d, complete %v)\n",
+			rp.Cursor, rp.Head, rp.Frames, float64(rp.Bytes)/1e6, rp.Duration.Round(time.Millisecond),
+			rp.FramesPerSec, rp.MBPerSec, rp.Gaps, rp.Duplicates, rp.Complete)
+	}
+	for _, k := range sortedKeys(r.Extra) {
+		fmt.Fprintf(b, "- %s: %s\n", mdCell(k), fmtValue(r.Extra[k]))
+	}
+	if len(r.Observed) > 0 {
+		last := r.Observed[len(r.Observed)-1].Values
+		maxes := map[string]float64{}
+		for _, p := range r.Observed {
+			for k, v := range p.Values {
+				maxes[k] = max(maxes[k], v)
+			}
+		}
+		b.WriteString("\n| observed | last | max |\n|---|---:|---:|\n")
+		for _, k := range sortedKeys(maxes) {
+			fmt.Fprintf(b, "| %s | %s | %s |\n", mdCell(k), fmtValue(last[k]), fmtValue(maxes[k]))
+		}
+		b.WriteString("\n")
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(b, "- %s\n", mdCell(n))
+	}
+	for _, e := range r.Fleet.Errors {
+		fmt.Fprintf(b, "- consumer error: %s\n", mdCell(e))
+	}
+}
+
+func sortedKeys(m map[string]float64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// fmtValue prints a figure: integers without decimals, others with two.
+func fmtValue(v float64) string {
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 // mdCell keeps a value from breaking a table row.
