@@ -67,9 +67,12 @@ type hostConn struct {
 	connected atomic.Bool
 	ready     atomic.Bool // headers checked; messages may be processed
 	paused    atomic.Bool
-	conn      atomic.Pointer[loop.Conn]
-	received  atomic.Int64
-	lastEvent atomic.Int64 // unix nanos of the last message
+	// subscribed: a connection to this host was established since the
+	// relay started, so a redial resumes from a cursor even if it is 0.
+	subscribed atomic.Bool
+	conn       atomic.Pointer[loop.Conn]
+	received   atomic.Int64
+	lastEvent  atomic.Int64 // unix nanos of the last message
 
 	tracker seqTracker
 	flushed int64 // last persisted cursor (flusher goroutine only)
@@ -106,6 +109,15 @@ func (h *hostConn) accountLimitReached() bool {
 func (h *hostConn) accountCreated() {
 	h.mu.Lock()
 	h.rec.AccountCount++
+	h.mu.Unlock()
+}
+
+// accountRemoved counts an account that moved to another host.
+func (h *hostConn) accountRemoved() {
+	h.mu.Lock()
+	if h.rec.AccountCount > 0 {
+		h.rec.AccountCount--
+	}
 	h.mu.Unlock()
 }
 
@@ -302,7 +314,11 @@ func (m *HostManager) dial(h *hostConn) {
 		scheme = "ws"
 	}
 	url := scheme + "://" + h.name + "/xrpc/com.atproto.sync.subscribeRepos"
-	if c := h.tracker.lastSeq(); c > 0 {
+	// A first subscription without a known cursor starts live. Once the
+	// host has been subscribed, a reconnection always names a cursor, even
+	// 0 (nothing received yet): events the host emitted between the two
+	// connections are replayed instead of lost.
+	if c := h.tracker.lastSeq(); c > 0 || h.subscribed.Load() {
 		url += "?cursor=" + strconv.FormatInt(c, 10)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
@@ -336,6 +352,7 @@ func (m *HostManager) dial(h *hostConn) {
 	if wasStatus != meta.HostActive && wasStatus != meta.HostThrottled {
 		m.setStatus(h, meta.HostActive)
 	}
+	h.subscribed.Store(true)
 	h.ready.Store(true)
 	res.Conn.Resume()
 	m.logger.Info("host connected", "host", h.name, "cursor", h.tracker.lastSeq())

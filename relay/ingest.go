@@ -414,6 +414,12 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 			return
 		}
 		p.ing.logger.Info("account moved", "did", it.did, "from", st.acct.HostID, "to", it.host.id)
+		// The store moved one account count; mirror it in the hosts' live
+		// records, which the account limit is checked against.
+		if from := r.hosts.byID(st.acct.HostID); from != nil {
+			from.accountRemoved()
+		}
+		it.host.accountCreated()
 		st.acct = moved
 		r.metrics.Counter("relay_account_migrations_total").Inc()
 	case !authoritative:
