@@ -43,7 +43,32 @@ func startTestNet(t *testing.T, hosts int, mutate func(*Config)) *testNet {
 		mutate(&cfg)
 	}
 	n.r = startRelay(t, cfg)
+	t.Cleanup(func() {
+		if t.Failed() {
+			n.dump(t)
+		}
+	})
 	return n
+}
+
+// dump logs the relay's ingest state, to explain a failure.
+func (n *testNet) dump(t *testing.T) {
+	for _, h := range n.r.hosts.Hosts() {
+		t.Logf("host %s: status %s connected %v cursor %d inflight %d received %d drops %v",
+			h.Hostname, h.Status, h.Connected, h.Cursor, h.Inflight, h.Received, h.Drops)
+	}
+	for i, p := range n.r.ing.partitions {
+		t.Logf("partition %d: queue %d pending DIDs %d unsent %d", i, len(p.in), len(p.pending), len(p.unsent))
+	}
+	st := n.r.stats()
+	t.Logf("head %d, consumers %d, sequencer queue %d", st.HeadSeq, st.Consumers, st.SequencerQueue)
+	var b strings.Builder
+	n.r.metrics.WritePrometheus(&b)
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(line, "relay_events_dropped_total") && !strings.HasSuffix(line, " 0") {
+			t.Log(line)
+		}
+	}
 }
 
 // crawl asks the relay to crawl a host and waits until it is subscribed.
