@@ -299,7 +299,8 @@ func (c *Conn) fail(err error) {
 
 // Resume resumes reading after OnMessage returned ErrPaused. It is safe
 // from any goroutine: the request is applied on the loop, which then
-// delivers the paused message again. A Resume while not paused is a no-op.
+// delivers the paused message again. It applies to the pause in effect when
+// the loop handles it; if there is none, it only costs a wake-up.
 func (c *Conn) Resume() {
 	if c.closed.Load() {
 		return
@@ -461,6 +462,9 @@ func (c *Conn) processOwn() {
 // processTLS reads plaintext from the tls.Conn, which reads ciphertext from
 // gnet's input buffer until it would block, and decodes it.
 func (c *Conn) processTLS() {
+	// Leftovers first: bytes from before enrolment, or a message left by a
+	// pause, must not wait for new ciphertext.
+	c.decodeOwn()
 	for !c.stopped() && !c.paused {
 		c.growBuf(minTLSRoom)
 		n, err := c.tls.conn.Read(c.buf[len(c.buf):cap(c.buf)])

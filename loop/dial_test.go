@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
@@ -206,6 +207,20 @@ func TestDialFramesRightAfterResponse(t *testing.T) {
 		}
 		startRawUpstream(t, ln, msgs)
 		rec := newRecorder()
+		// Pause on the last message: nothing arrives after it, so only
+		// Resume can bring it back.
+		paused := false
+		rec.onMessage = func(c *Conn, _ ws.OpCode, p []byte) error {
+			if bytes.Equal(p, msgs[len(msgs)-1]) && !paused {
+				paused = true
+				go func() {
+					time.Sleep(20 * time.Millisecond)
+					c.Resume()
+				}()
+				return ErrPaused
+			}
+			return nil
+		}
 		if _, err := e.Dial(t.Context(), url, opts, rec, nil); err != nil {
 			t.Fatal(err)
 		}

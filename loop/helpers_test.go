@@ -64,9 +64,9 @@ type recorder struct {
 
 func newRecorder() *recorder {
 	return &recorder{
-		opened: make(chan *Conn, 16),
+		opened: make(chan *Conn, 1024),
 		msgs:   make(chan message, 100_000),
-		closed: make(chan error, 16),
+		closed: make(chan error, 1024),
 	}
 }
 
