@@ -144,15 +144,25 @@ func (c *Conn) Writev(bufs [][]byte) error {
 	if err := c.checkOutbound(total); err != nil {
 		return err
 	}
+	// A failed write closes the connection at once (gnet), so every further
+	// write checks the state: the descriptor may already belong to another
+	// connection.
 	if c.tls != nil {
+		tc := c.tls.conn
 		for _, b := range bufs {
-			if _, err := c.tls.conn.Write(b); err != nil {
+			if c.state == stateClosed {
+				return ErrClosed
+			}
+			if _, err := tc.Write(b); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	for len(bufs) > 0 {
+		if c.state == stateClosed {
+			return ErrClosed
+		}
 		chunk := bufs[:min(len(bufs), iovMax)]
 		if _, err := c.gc.Writev(chunk); err != nil {
 			return err
