@@ -61,6 +61,9 @@ type loopGroup struct {
 	b         *Broadcaster
 	consumers map[*consumer]struct{}
 	scheduled atomic.Bool
+	// iov is the loop's scratch list of frames for one writev, reused so a
+	// pump does not allocate.
+	iov [][]byte
 }
 
 // Broadcaster delivers published frames to consumers: one Execute per loop
@@ -267,7 +270,7 @@ func (b *Broadcaster) pump(c *consumer) {
 	if buffered >= b.outCap {
 		return
 	}
-	var iov [maxFramesPerWrite][]byte
+	iov := c.group.iov[:0]
 	n, bytes := 0, 0
 	for pos < head && n < maxFramesPerWrite && buffered+bytes < b.outCap {
 		e := b.ring.Get(pos + 1)
@@ -278,12 +281,15 @@ func (b *Broadcaster) pump(c *consumer) {
 		if e.frame == nil {
 			continue // taken down
 		}
-		iov[n] = e.frame
+		iov = append(iov, e.frame)
 		n++
 		bytes += len(e.frame)
 	}
+	c.group.iov = iov[:0]
 	if n > 0 {
-		if err := c.conn.Writev(iov[:n]); err != nil {
+		err := c.conn.Writev(iov)
+		clear(iov) // drop references to frames the ring may evict
+		if err != nil {
 			c.conn.Close(err)
 			return
 		}
