@@ -30,6 +30,8 @@ const (
 	idleRetry = 10 * time.Minute
 	// cursorFlushInterval is how often host cursors are persisted.
 	cursorFlushInterval = 4 * time.Second
+	// hostWriteTimeout bounds one store write of a host record.
+	hostWriteTimeout = 5 * time.Second
 	// dialTimeout bounds the TCP, TLS and WebSocket handshakes.
 	dialTimeout = 30 * time.Second
 	// resumeInterval is how often paused hosts are retried.
@@ -60,6 +62,7 @@ type hostConn struct {
 	noSSL bool
 
 	mu        sync.Mutex // guards rec and drops
+	writeMu   sync.Mutex // serializes store writes of rec (writeHost)
 	rec       meta.Host
 	drops     map[string]int64
 	timer     *time.Timer
@@ -327,10 +330,10 @@ func (m *HostManager) dial(h *hostConn) {
 	hdr := http.Header{}
 	hdr.Set("User-Agent", userAgent)
 	res, err := m.engine.Dial(ctx, url, loop.DialOptions{Timeout: dialTimeout, TLSConfig: m.tlsConfig, Header: hdr, NetDial: m.dialer}, m, h)
-	h.mu.Lock()
-	h.dialing = false
-	h.mu.Unlock()
 	if err != nil {
+		h.mu.Lock()
+		h.dialing = false // on success OnOpen cleared it
+		h.mu.Unlock()
 		m.dialFailed(h, err)
 		return
 	}
@@ -340,20 +343,31 @@ func (m *HostManager) dial(h *hostConn) {
 		_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostIsRelay) })
 		return
 	}
+	// The connection may already be closed (the host sent an error frame
+	// and hung up, or an admin blocked it): OnClose then decided the
+	// host's status, and it must not be undone here. The check and the
+	// change are one step under h.mu, which OnClose also takes.
 	h.mu.Lock()
-	h.rec.Failures = 0
-	wasStatus := h.rec.Status
-	h.mu.Unlock()
-	if wasStatus == meta.HostBlocked || wasStatus == meta.HostBanned {
-		// Blocked or banned while dialing: do not undo it.
-		_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostBlocked) })
+	live := h.conn.Load() == res.Conn
+	status := h.rec.Status
+	if !live || status == meta.HostBlocked || status == meta.HostBanned {
+		h.mu.Unlock()
+		if live {
+			_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostBlocked) })
+		}
 		return
 	}
-	if wasStatus != meta.HostActive && wasStatus != meta.HostThrottled {
-		m.setStatus(h, meta.HostActive)
+	h.rec.Failures = 0
+	reactivated := status != meta.HostActive && status != meta.HostThrottled
+	if reactivated {
+		h.rec.Status = meta.HostActive
 	}
 	h.subscribed.Store(true)
 	h.ready.Store(true)
+	h.mu.Unlock()
+	if reactivated {
+		m.writeHost(h)
+	}
 	res.Conn.Resume()
 	m.logger.Info("host connected", "host", h.name, "cursor", h.tracker.lastSeq())
 }
@@ -404,25 +418,41 @@ func (m *HostManager) retryLater(h *hostConn, d time.Duration) {
 	h.timer = time.AfterFunc(d, func() { m.connect(h) })
 }
 
-// setStatus persists a host status change.
+// setStatus changes a host's status and persists it.
 func (m *HostManager) setStatus(h *hostConn, s meta.HostStatus) {
 	h.mu.Lock()
 	h.rec.Status = s
+	h.mu.Unlock()
+	m.writeHost(h)
+}
+
+// writeHost persists the host's record as it is now. Writes of one host
+// are serialized and each reads the record after taking the turn, so when
+// status changes race, the last one is what ends up stored.
+func (m *HostManager) writeHost(h *hostConn) {
+	h.writeMu.Lock()
+	defer h.writeMu.Unlock()
+	h.mu.Lock()
 	rec := h.rec
 	h.mu.Unlock()
 	rec.Cursor = h.tracker.cursor()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hostWriteTimeout)
 	defer cancel()
 	if err := m.store.UpdateHost(ctx, &rec); err != nil {
-		m.logger.Error("host status update failed", "host", h.name, "status", s, "err", err)
+		m.logger.Error("host update failed", "host", h.name, "status", rec.Status, "err", err)
 	}
 }
 
-// OnOpen is the loop.Handler hook for upstream connections.
+// OnOpen is the loop.Handler hook for upstream connections. It ends the
+// dial: from here on OnClose schedules any redial, so a redial timer that
+// fires while dial finishes its checks is not refused as "dialing".
 func (m *HostManager) OnOpen(c *loop.Conn) {
 	h := c.Context().(*hostConn)
+	h.mu.Lock()
+	h.dialing = false
 	h.conn.Store(c)
 	h.connected.Store(true)
+	h.mu.Unlock()
 }
 
 // OnClose schedules a reconnect, unless the host must not be redialed.
@@ -431,25 +461,39 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 	if !ok {
 		return
 	}
-	h.conn.CompareAndSwap(c, nil)
-	h.connected.Store(false)
-	h.paused.Store(false)
-	if m.closing.Load() {
+	h.mu.Lock()
+	if !h.conn.CompareAndSwap(c, nil) {
+		// A newer connection of this host owns its state.
+		h.mu.Unlock()
 		return
 	}
-	switch {
-	case errors.Is(err, ErrUpstreamFuture):
-		m.setStatus(h, meta.HostIdle)
-		m.retryLater(h, idleRetry)
-	case errors.Is(err, ErrHostIsRelay), errors.Is(err, ErrHostBlocked):
-	default:
-		switch h.status() {
-		case meta.HostBlocked, meta.HostBanned, meta.HostOffline:
-			return
-		}
-		m.logger.Info("host disconnected; reconnecting", "host", h.name, "err", err)
-		m.retryLater(h, m.backoff(0))
+	h.connected.Store(false)
+	h.paused.Store(false)
+	h.ready.Store(false)
+	status := h.rec.Status
+	stay := status == meta.HostBlocked || status == meta.HostBanned || status == meta.HostOffline ||
+		errors.Is(err, ErrHostIsRelay) || errors.Is(err, ErrHostBlocked)
+	idle := !stay && errors.Is(err, ErrUpstreamFuture)
+	if idle {
+		h.rec.Status = meta.HostIdle
 	}
+	h.mu.Unlock()
+	if m.closing.Load() || stay {
+		return
+	}
+	if idle {
+		m.logger.Warn("host says our cursor is in its future; idle", "host", h.name, "cursor", h.tracker.lastSeq(), "retry_in", idleRetry)
+		// Persist off the event loop: a store write may block.
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.writeHost(h)
+		}()
+		m.retryLater(h, idleRetry)
+		return
+	}
+	m.logger.Info("host disconnected; reconnecting", "host", h.name, "err", err)
+	m.retryLater(h, m.backoff(0))
 }
 
 // resumeLoop resumes paused hosts whose workers have room again.

@@ -18,12 +18,13 @@ import (
 // offers the event to its validation worker. When the worker (or the
 // host's in-flight budget) is full it returns loop.ErrPaused: the message
 // stays in the socket buffer and is offered again after a resume.
+//
+// Events wait (paused) until the dialer has checked the handshake (relay
+// loop guard, blocked status). Error frames do not: a host that answers
+// FutureCursor sends it with its handshake and hangs up at once, and a
+// paused frame would be lost with the connection.
 func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) error {
 	h := c.Context().(*hostConn)
-	if !h.ready.Load() {
-		h.paused.Store(true)
-		return loop.ErrPaused
-	}
 	mt := m.r.metrics
 	if op != ws.OpBinary {
 		mt.Dropped("text_frame").Inc()
@@ -36,10 +37,15 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 		h.countDrop("bad_frame")
 		return nil
 	}
+	if hop == 1 && t != "#info" && !h.ready.Load() {
+		h.paused.Store(true)
+		return loop.ErrPaused
+	}
 	if hop == -1 {
 		var ef events.ErrorFrame
 		if err := ef.UnmarshalCBOR(bytes.NewReader(body)); err != nil {
 			mt.Dropped("bad_frame").Inc()
+			h.countDrop("bad_frame")
 			return nil
 		}
 		if ef.Error == "FutureCursor" {

@@ -1,0 +1,240 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/perf"
+)
+
+// errDialRecorded is what dialRecorder answers: no connection is made.
+var errDialRecorded = errors.New("test: dial recorded and refused")
+
+// dialRecorder stands in for every outbound connection of a relay under
+// test: it records the address and refuses, so nothing leaves the machine.
+type dialRecorder struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (d *dialRecorder) dial(_ context.Context, _, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, addr)
+	d.mu.Unlock()
+	return nil, errDialRecorded
+}
+
+func (d *dialRecorder) dialed() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.addrs...)
+}
+
+// install routes the relay's describeServer probes and upstream dials
+// through the recorder.
+func (d *dialRecorder) install(r *Relay) {
+	r.hosts.client = &http.Client{Transport: &http.Transport{DialContext: d.dial, DialTLSContext: d.dial}}
+	r.hosts.dialer = d.dial
+}
+
+// crawlResult posts requestCrawl and returns the status and error name.
+func crawlResult(t *testing.T, r *Relay, hostname string) (int, string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"hostname":%q}`, hostname)
+	resp, err := http.Post("http://"+r.Addr()+"/xrpc/com.atproto.sync.requestCrawl", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e xrpcError
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Error
+}
+
+// In production mode requestCrawl refuses local, private, link-local and
+// IP-literal hosts, plain schemes and non-hosts by syntax alone: no
+// connection is even attempted. A public name is probed (the recorder
+// proves the probe would have been the first packet).
+func TestRequestCrawlProductionRefusesWithoutDialing(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AllowInsecureHosts = false
+	rec := &dialRecorder{}
+	r := startRelayHooked(t, cfg, rec.install)
+	for _, host := range []string{
+		"localhost", "localhost:2583", "127.0.0.1", "127.0.0.1:2583", "10.0.0.1",
+		"169.254.169.254", "http://169.254.169.254/", "[::1]", "::1", "[::1]:443",
+		"8.8.8.8", "https://8.8.8.8", "http://example.com", "ws://example.com",
+		"example.com:8080", "pds.local", "pds.internal", "svc.localhost",
+		"not a host", "", "https://user@example.com", "example.com/xrpc",
+	} {
+		status, name := crawlResult(t, r, host)
+		if status != http.StatusBadRequest || name != ErrNameBadRequest {
+			t.Errorf("requestCrawl %q: %d %q, want 400 BadRequest", host, status, name)
+		}
+	}
+	if d := rec.dialed(); len(d) != 0 {
+		t.Fatalf("refused hostnames caused dials: %v", d)
+	}
+	if hosts := r.hosts.Hosts(); len(hosts) != 0 {
+		t.Fatalf("refused hostnames were added: %+v", hosts)
+	}
+
+	status, name := crawlResult(t, r, "PDS.Example.com")
+	if status != http.StatusBadRequest || name != ErrNameBadRequest {
+		t.Errorf("unreachable public host: %d %q, want 400 BadRequest", status, name)
+	}
+	if d := rec.dialed(); len(d) != 1 || d[0] != "pds.example.com:443" {
+		t.Errorf("a public host was probed through %v, want one dial to pds.example.com:443", d)
+	}
+}
+
+// The relay-loop guard: a host whose responses say Server: atproto-relay
+// is refused by requestCrawl, and a known host that starts answering so
+// is banned when the relay redials it.
+func TestRequestCrawlRefusesRelays(t *testing.T) {
+	n := startTestNetHooked(t, 1, nil, func(r *Relay) {
+		r.hosts.backoff = func(int) time.Duration { return 50 * time.Millisecond }
+	})
+	relayLike, err := perf.StartPDS(perf.PDSOptions{ServerHeader: "atproto-relay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relayLike.Close)
+	if status, name := crawlResult(t, n.r, relayLike.Host()); status != http.StatusBadRequest || name != ErrNameHostBanned {
+		t.Fatalf("requestCrawl of a relay: %d %q, want 400 HostBanned", status, name)
+	}
+	if n.r.hosts.byHostname(relayLike.Host()) != nil || relayLike.Subscribers() != 0 {
+		t.Fatal("a relay was added or subscribed to")
+	}
+
+	// A PDS that is crawled, goes away, and comes back as a relay.
+	p := n.hosts[0]
+	n.crawl(t, p)
+	addr := p.Host()
+	p.Close()
+	back, err := perf.StartPDS(perf.PDSOptions{Addr: addr, ServerHeader: "atproto-relay Go"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(back.Close)
+	h := n.r.hosts.byHostname(addr)
+	waitUntil(t, 10*time.Second, "host banned", func() bool { return h.status() == meta.HostBanned })
+	stored, err := n.r.store.GetHostByName(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.Status != meta.HostBanned {
+		t.Errorf("stored status %s, want banned", stored.Status)
+	}
+	time.Sleep(200 * time.Millisecond) // four redial periods: none must happen
+	if h.connected.Load() || back.Subscribers() != 0 || len(back.Cursors()) != 1 {
+		t.Errorf("banned relay host: connected=%v subscribers=%d subscriptions=%v, want one refused subscription",
+			h.connected.Load(), back.Subscribers(), back.Cursors())
+	}
+	if status, name := crawlResult(t, n.r, addr); status != http.StatusBadRequest || name != ErrNameHostBanned {
+		t.Errorf("requestCrawl of the banned host: %d %q, want 400 HostBanned", status, name)
+	}
+}
+
+// A host that answers FutureCursor (it lost its history) goes idle and is
+// not redialed in a loop.
+func TestHostIdleOnFutureCursor(t *testing.T) {
+	n := startTestNetHooked(t, 1, nil, fastRedial)
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "idle.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	for i := 0; i < 3; i++ {
+		emitCommit(t, a, p, 1)
+	}
+	h := n.r.hosts.byHostname(p.Host())
+	waitUntil(t, 20*time.Second, "3 events durable", func() bool { return h.tracker.cursor() == 3 })
+
+	addr := p.Host()
+	p.Close()
+	fresh, err := perf.StartPDS(perf.PDSOptions{Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fresh.Close)
+	waitUntil(t, 10*time.Second, "host idle", func() bool { return h.status() == meta.HostIdle })
+	stored, err := n.r.store.GetHostByName(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.Status != meta.HostIdle || stored.Cursor != 3 {
+		t.Errorf("stored host: status %s cursor %d, want idle at 3", stored.Status, stored.Cursor)
+	}
+	time.Sleep(100 * time.Millisecond) // twenty redial periods: none must happen
+	if c := fresh.Cursors(); len(c) != 1 || c[0] != 3 {
+		t.Errorf("fresh PDS saw subscriptions %v, want exactly one, at cursor 3", c)
+	}
+	if h.connected.Load() {
+		t.Error("idle host is still connected")
+	}
+}
+
+// Fifteen consecutive failed dials mark a host offline, and the relay
+// stops dialing it.
+func TestHostOfflineAfterFailedDials(t *testing.T) {
+	n := startTestNetHooked(t, 1, nil, fastRedial)
+	p := n.hosts[0]
+	n.crawl(t, p)
+	h := n.r.hosts.byHostname(p.Host())
+	p.Close() // the port is closed: every redial is refused
+	waitUntil(t, 10*time.Second, "host offline", func() bool { return h.status() == meta.HostOffline })
+	failures := n.r.metrics.Counter("relay_host_dial_failures_total")
+	time.Sleep(100 * time.Millisecond) // twenty redial periods: none must happen
+	if got := failures.Get(); got != maxHostFailures {
+		t.Errorf("%d failed dials, want exactly %d", got, maxHostFailures)
+	}
+	if f := hostRecord(t, n.r, p.Host()).Failures; f != maxHostFailures {
+		t.Errorf("host failures %d, want %d", f, maxHostFailures)
+	}
+	stored, err := n.r.store.GetHostByName(context.Background(), p.Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.Status != meta.HostOffline {
+		t.Errorf("stored status %s, want offline", stored.Status)
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	cases := []struct {
+		failures int
+		lo, hi   time.Duration
+	}{
+		{0, 500 * time.Millisecond, time.Second},
+		{1, time.Second, 2 * time.Second},
+		{4, 8 * time.Second, 16 * time.Second},
+		{8, 128 * time.Second, 256 * time.Second},
+		{9, reconnectMax / 2, reconnectMax}, // 512 s is past the cap
+		{15, reconnectMax / 2, reconnectMax},
+		{64, reconnectMax / 2, reconnectMax}, // no shift overflow
+	}
+	for _, c := range cases {
+		seen := map[time.Duration]bool{}
+		for i := 0; i < 50; i++ {
+			got := backoff(c.failures)
+			if got < c.lo || got > c.hi {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", c.failures, got, c.lo, c.hi)
+			}
+			seen[got] = true
+		}
+		if len(seen) < 2 {
+			t.Errorf("backoff(%d) has no jitter: always %v", c.failures, seen)
+		}
+	}
+}
