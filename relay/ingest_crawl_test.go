@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relay/relay/persist/meta"
 	"github.com/relay/relay/perf"
+	"github.com/relay/relay/persist/meta"
 )
 
 // errDialRecorded is what dialRecorder answers: no connection is made.
