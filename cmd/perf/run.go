@@ -107,7 +107,7 @@ func runScenario(ctx context.Context, o *options, logger *slog.Logger, stderr io
 			Observe:         (&perf.Observer{PID: o.targetPID, MetricsURL: o.targetMetrics}).Observe,
 		}
 	} else {
-		ir, err = inproc.Start(inproc.Options{
+		ir, err = inproc.Start(ctx, inproc.Options{
 			PLCURL: n.PLC.URL(),
 			Logger: logger.With("component", "relay"),
 			Configure: func(c *relay.Config) {

@@ -66,8 +66,10 @@ func Config(plcURL, dataDir string) relay.Config {
 	return cfg
 }
 
-// Start opens and starts a relay under the side=relay pprof label.
-func Start(opts Options) (*Relay, error) {
+// Start opens and starts a relay under the side=relay pprof label, added
+// to ctx's labels. ctx must carry the caller's labels (pprof.Do restores
+// exactly those afterwards); it does not bound the relay's lifetime.
+func Start(ctx context.Context, opts Options) (*Relay, error) {
 	ir := &Relay{dataDir: opts.DataDir}
 	if ir.dataDir == "" {
 		dir, err := os.MkdirTemp("", "perf-relay-")
@@ -85,7 +87,7 @@ func Start(opts Options) (*Relay, error) {
 		opts.Configure(&cfg)
 	}
 	var err error
-	pprof.Do(context.Background(), pprof.Labels(LabelKey, LabelRelay), func(context.Context) {
+	pprof.Do(ctx, pprof.Labels(LabelKey, LabelRelay), func(context.Context) {
 		ir.r, err = relay.New(cfg, logger)
 		if err != nil {
 			return
