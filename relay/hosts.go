@@ -95,14 +95,6 @@ func (h *hostConn) countDrop(reason string) {
 
 func (h *hostConn) done(seq int64) { h.tracker.done(seq) }
 
-// fail closes the connection after a local failure (store errors); the
-// host is resumed from its cursor, so nothing is lost.
-func (h *hostConn) fail(err error) {
-	if c := h.conn.Load(); c != nil {
-		_ = c.Execute(func(c *loop.Conn) { c.Close(err) })
-	}
-}
-
 func (h *hostConn) accountLimitReached() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()

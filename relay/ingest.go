@@ -20,10 +20,6 @@ const (
 	// partitionQueue bounds events waiting for one validation worker. When
 	// full, the event loop pauses the host that sent the event.
 	partitionQueue = 1024
-	// maxPendingPerDID bounds the events of one account held while its
-	// identity resolves; past it the host is paused (the event is not
-	// taken), so nothing is dropped.
-	maxPendingPerDID = 256
 	// accountCacheSize and identityCacheSize bound each partition's caches;
 	// when full an arbitrary entry is evicted (it is reloaded on demand).
 	accountCacheSize  = 1 << 18
@@ -34,7 +30,7 @@ const (
 	// repoStateFlush is how often buffered repo heads are written.
 	repoStateFlush = 100 * time.Millisecond
 	// retrySweep is how often a partition retries resolutions the resolver
-	// queue refused.
+	// queue refused, and events held after a store error.
 	retrySweep = 200 * time.Millisecond
 )
 
@@ -115,10 +111,17 @@ type partition struct {
 
 	idents   map[string]*identInfo
 	accounts map[string]*accountState
-	// pending holds events of DIDs whose identity is being resolved, in
-	// arrival order; unsent lists DIDs the resolver queue refused.
+	// pending holds events of DIDs whose identity is being resolved (or
+	// that are stalled), in arrival order; unsent lists DIDs the resolver
+	// queue refused; stalled lists DIDs whose first pending event hit a
+	// store error and is retried by the sweep.
+	//
+	// Pending events are bounded per host, not per DID: each is in its
+	// host's in-flight budget (maxInflightPerHost), and a host past it is
+	// paused at its socket.
 	pending map[string][]*ingestItem
 	unsent  map[string]bool
+	stalled map[string]bool
 }
 
 func newIngester(r *Relay, store meta.Store, resolver *Resolver, workers int) *Ingester {
@@ -138,7 +141,7 @@ func newIngester(r *Relay, store meta.Store, resolver *Resolver, workers int) *I
 			ing: ing, in: make(chan *ingestItem, partitionQueue),
 			resolved: make(chan *identInfo, partitionQueue),
 			idents:   map[string]*identInfo{}, accounts: map[string]*accountState{},
-			pending: map[string][]*ingestItem{}, unsent: map[string]bool{},
+			pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
 		}
 		ing.partitions = append(ing.partitions, p)
 		ing.wg.Add(1)
@@ -219,6 +222,7 @@ func (p *partition) run() {
 			p.handle(it)
 		case <-sweep.C:
 			p.retryUnsent()
+			p.retryStalled()
 		case <-p.ing.stop:
 			p.drainOnStop()
 			return
@@ -297,22 +301,51 @@ func (p *partition) retryUnsent() {
 }
 
 func (p *partition) onResolved(info *identInfo) {
-	if len(p.idents) >= identityCacheSize {
+	if _, cached := p.idents[info.did]; !cached && len(p.idents) >= identityCacheSize {
 		for k := range p.idents {
 			delete(p.idents, k)
 			break
 		}
 	}
 	p.idents[info.did] = info
-	q := p.pending[info.did]
-	delete(p.pending, info.did)
+	p.release(info.did)
+}
+
+// release processes the pending events of did, in order, until one of
+// them has to wait again (another resolution, or a store error).
+func (p *partition) release(did string) {
+	q := p.pending[did]
+	delete(p.pending, did)
 	for i, it := range q {
-		if _, again := p.pending[info.did]; again {
-			// An earlier event asked for another resolution: keep order.
-			p.pending[info.did] = append(p.pending[info.did], q[i:]...)
+		if _, again := p.pending[did]; again {
+			// An earlier event waits again: keep order behind it.
+			p.pending[did] = append(p.pending[did], q[i:]...)
 			return
 		}
-		p.process(it, p.idents[info.did])
+		p.process(it, p.idents[did])
+	}
+}
+
+// stall holds it, and every later event of its DID behind it, after a
+// store error; the sweep retries it. Nothing is dropped and the account's
+// order is kept; if the store stays down, the host's in-flight budget
+// fills and its socket is paused.
+func (p *partition) stall(it *ingestItem, what string, err error) {
+	p.ing.logger.Error("store error; event held for retry", "op", what, "did", it.did, "host", it.host.name, "err", err)
+	p.ing.r.metrics.Counter("relay_ingest_store_retries_total").Inc()
+	p.pending[it.did] = append([]*ingestItem{it}, p.pending[it.did]...)
+	p.stalled[it.did] = true
+}
+
+// retryStalled processes again the DIDs held after a store error.
+func (p *partition) retryStalled() {
+	for did := range p.stalled {
+		delete(p.stalled, did)
+		if info := p.idents[did]; info != nil {
+			p.release(did)
+		} else {
+			p.requestResolve(did) // evicted meanwhile: resolve, then release
+		}
 	}
 }
 
@@ -370,10 +403,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	}
 	st, err := p.loadAccount(it.did)
 	if err != nil {
-		// The store is failing: the event is not lost, the host replays it
-		// after a reconnect from its cursor.
-		p.ing.logger.Error("account lookup failed", "did", it.did, "err", err)
-		it.host.fail(err)
+		p.stall(it, "account lookup", err)
 		return
 	}
 	authoritative := info.pds != "" && info.pds == it.host.name
@@ -390,8 +420,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		st, err = p.createAccount(it)
 		if err != nil {
-			p.ing.logger.Error("create account failed", "did", it.did, "err", err)
-			it.host.fail(err)
+			p.stall(it, "create account", err)
 			return
 		}
 	case st.acct.HostID != it.host.id:
@@ -409,8 +438,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		moved := st.acct
 		moved.HostID = it.host.id
 		if err := p.ing.store.UpdateAccount(context.Background(), &moved); err != nil {
-			p.ing.logger.Error("account move failed", "did", it.did, "err", err)
-			it.host.fail(err)
+			p.stall(it, "move account", err)
 			return
 		}
 		p.ing.logger.Info("account moved", "did", it.did, "from", st.acct.HostID, "to", it.host.id)
@@ -498,8 +526,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 			updated := st.acct
 			updated.UpstreamStatus = up
 			if err := p.ing.store.UpdateAccount(ctx, &updated); err != nil {
-				p.ing.logger.Error("account status update failed", "did", it.did, "err", err)
-				it.host.fail(err)
+				p.stall(it, "account status", err)
 				return
 			}
 			st.acct = updated

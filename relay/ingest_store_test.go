@@ -1,0 +1,89 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/perf"
+)
+
+// errStoreDown is the failure flakyStore injects.
+var errStoreDown = errors.New("test: store unavailable")
+
+// flakyStore fails a set number of account reads and creations, then
+// behaves like the store it wraps.
+type flakyStore struct {
+	meta.Store
+	mu            sync.Mutex
+	failLookups   int
+	failCreations int
+}
+
+func (f *flakyStore) GetAccountByDID(ctx context.Context, did string) (*meta.Account, error) {
+	f.mu.Lock()
+	fail := f.failLookups > 0
+	if fail {
+		f.failLookups--
+	}
+	f.mu.Unlock()
+	if fail {
+		return nil, errStoreDown
+	}
+	return f.Store.GetAccountByDID(ctx, did)
+}
+
+func (f *flakyStore) CreateAccount(ctx context.Context, a *meta.Account) error {
+	f.mu.Lock()
+	fail := f.failCreations > 0
+	if fail {
+		f.failCreations--
+	}
+	f.mu.Unlock()
+	if fail {
+		return errStoreDown
+	}
+	return f.Store.CreateAccount(ctx, a)
+}
+
+// A store failure while validating holds the account's events and retries
+// them: nothing is lost or reordered, other accounts keep flowing, and the
+// host's cursor still reaches the end.
+func TestIngestStoreErrorsAreRetried(t *testing.T) {
+	var flaky *flakyStore
+	n := startTestNetHooked(t, 1, nil, func(r *Relay) {
+		flaky = &flakyStore{Store: r.ing.store, failLookups: 2, failCreations: 1}
+		r.ing.store = flaky
+	})
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "flaky.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
+	var want []string
+	for i := 0; i < 3; i++ {
+		want = append(want, emitCommit(t, a, p, 1))
+	}
+	got := collectEvents(t, c, len(want), 20*time.Second)
+	for i, e := range got {
+		if e.did != a.DID || e.rev != want[i] {
+			t.Fatalf("event %d: %v, want rev %s", i, e, want[i])
+		}
+	}
+	expectNoEvent(t, c, 300*time.Millisecond)
+	if got := n.r.metrics.Counter("relay_ingest_store_retries_total").Get(); got != 3 {
+		t.Errorf("relay_ingest_store_retries_total = %d, want 3 (two lookups, one creation)", got)
+	}
+	h := hostRecord(t, n.r, p.Host())
+	if len(h.Drops) != 0 || h.Cursor != p.LastSeq() {
+		t.Errorf("host drops %v cursor %d, want no drops and cursor %d", h.Drops, h.Cursor, p.LastSeq())
+	}
+	if subs := p.Cursors(); len(subs) != 1 {
+		t.Errorf("PDS subscriptions %v: a store error must not cost a reconnection", subs)
+	}
+}
