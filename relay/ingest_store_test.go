@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relay/relay/persist/meta"
 	"github.com/relay/relay/perf"
+	"github.com/relay/relay/persist/meta"
 )
 
 // errStoreDown is the failure flakyStore injects.
