@@ -286,18 +286,20 @@ func (b *Broadcaster) pump(c *consumer) {
 		bytes += len(e.frame)
 	}
 	c.group.iov = iov[:0]
+	// Position and counts move before the write, so what the consumer can
+	// read is never ahead of what the admin API reports.
+	c.pos.Store(pos)
 	if n > 0 {
+		c.sent.Add(int64(n))
+		b.metrics.framesDelivered.Add(n)
+		b.metrics.bytesDelivered.Add(bytes)
 		err := c.conn.Writev(iov)
 		clear(iov) // drop references to frames the ring may evict
 		if err != nil {
 			c.conn.Close(err)
 			return
 		}
-		c.sent.Add(int64(n))
-		b.metrics.framesDelivered.Add(n)
-		b.metrics.bytesDelivered.Add(bytes)
 	}
-	c.pos.Store(pos)
 	if pos >= head {
 		c.live = true
 		return
@@ -352,16 +354,16 @@ func (b *Broadcaster) replayStep(c *consumer) {
 		if c.closed {
 			return
 		}
+		if last > c.pos.Load() {
+			c.pos.Store(last)
+		}
 		if err == nil && len(frames) > 0 {
+			c.sent.Add(int64(len(frames)))
+			b.metrics.framesDelivered.Add(len(frames))
 			if werr := conn.Writev(frames); werr != nil {
 				conn.Close(werr)
 				return
 			}
-			c.sent.Add(int64(len(frames)))
-			b.metrics.framesDelivered.Add(len(frames))
-		}
-		if last > c.pos.Load() {
-			c.pos.Store(last)
 		}
 		b.pump(c)
 	})
