@@ -422,6 +422,11 @@ func TestAdminTakedown(t *testing.T) {
 			eventually(t, 10*time.Second, "the commit to be dropped", func() bool {
 				return n.r.metrics.Dropped("inactive_account").Get() > dropped
 			})
+			// So are its identity changes.
+			p.Emit(perf.Event{Identity: a.Identity()})
+			eventually(t, 10*time.Second, "the #identity to be dropped", func() bool {
+				return n.r.metrics.Dropped("inactive_account").Get() > dropped+1
+			})
 			expectQuiet(t, live, 200*time.Millisecond)
 			c := xrpcClient(n.r)
 			if _, err := comatproto.SyncGetLatestCommit(context.Background(), c, a.DID); xrpcErrName(err) != ErrNameRepoTakendown {

@@ -504,6 +504,12 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		p.accept(it, st, KindSync, it.sync, res)
 	case it.identity != nil:
+		if st.acct.Status == meta.AccountTakendown || st.acct.Status == meta.AccountSuspended {
+			// The relay took the account down: its log is scrubbed, and
+			// its identity changes are not relayed either.
+			p.drop(it, "inactive_account", errInactive(st))
+			return
+		}
 		out := &comatproto.SyncSubscribeRepos_Identity{Did: it.did, Time: it.identity.Time}
 		if it.identity.Handle != nil && info.handle != "" && *it.identity.Handle == info.handle {
 			h := info.handle

@@ -110,7 +110,7 @@ func benchmarkProcessCommit(b *testing.B) {
 	useq := int64(0)
 	item := func(c *comatproto.SyncSubscribeRepos_Commit) *ingestItem {
 		useq++
-		h.tracker.dispatch(useq)
+		h.tracker.dispatch(useq, 1024)
 		return &ingestItem{host: h, useq: useq, did: c.Repo, commit: c, recv: time.Now()}
 	}
 	commit := func(a *perf.Account) *comatproto.SyncSubscribeRepos_Commit {

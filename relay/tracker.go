@@ -5,10 +5,14 @@ import (
 	"sync"
 )
 
-// maxInflightPerHost bounds one host's events between its socket and
-// durability. Past it the host's socket is paused: one busy host cannot
-// fill every worker queue.
-const maxInflightPerHost = 4096
+// Bounds on one host's events between its socket and durability. Past
+// either, the host's socket is paused: one busy host cannot fill every
+// worker queue, and the memory its decoded events hold is bounded whatever
+// their sizes (a 4,096-event budget of 5 MB frames would be 20 GB).
+const (
+	maxInflightPerHost      = 4096
+	maxInflightBytesPerHost = 64 << 20
+)
 
 // seqTracker follows one host's upstream seqs from dispatch to durable (or
 // dropped), so the persisted cursor never passes an event that a crash
@@ -17,15 +21,17 @@ type seqTracker struct {
 	mu    sync.Mutex
 	seqs  []int64
 	dones []bool
+	sizes []int
 	head  int   // first not-done index
 	last  int64 // highest seq seen (dispatched or dropped at the socket)
+	bytes int   // message bytes of dispatched events not yet done
 }
 
 // reset starts from a persisted cursor.
 func (t *seqTracker) reset(cursor int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.seqs, t.dones, t.head, t.last = t.seqs[:0], t.dones[:0], 0, cursor
+	t.seqs, t.dones, t.sizes, t.head, t.last, t.bytes = t.seqs[:0], t.dones[:0], t.sizes[:0], 0, cursor, 0
 }
 
 // lastSeq is the highest seq seen: older or equal seqs are duplicates.
@@ -39,7 +45,7 @@ func (t *seqTracker) lastSeq() int64 {
 func (t *seqTracker) full() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.seqs)-t.head >= maxInflightPerHost
+	return len(t.seqs)-t.head >= maxInflightPerHost || t.bytes >= maxInflightBytesPerHost
 }
 
 // inflight is the number of events dispatched and not yet done.
@@ -49,18 +55,28 @@ func (t *seqTracker) inflight() int {
 	return len(t.seqs) - t.head
 }
 
-// dispatch records seq as in flight.
-func (t *seqTracker) dispatch(seq int64) {
+// dispatch records seq, a message of size bytes, as in flight.
+func (t *seqTracker) dispatch(seq int64, size int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.head > 0 && t.head >= len(t.seqs)/2 {
 		n := copy(t.seqs, t.seqs[t.head:])
 		copy(t.dones, t.dones[t.head:])
-		t.seqs, t.dones, t.head = t.seqs[:n], t.dones[:n], 0
+		copy(t.sizes, t.sizes[t.head:])
+		t.seqs, t.dones, t.sizes, t.head = t.seqs[:n], t.dones[:n], t.sizes[:n], 0
 	}
 	t.seqs = append(t.seqs, seq)
 	t.dones = append(t.dones, false)
+	t.sizes = append(t.sizes, size)
+	t.bytes += size
 	t.last = seq
+}
+
+// inflightBytes is the message bytes of events dispatched and not done.
+func (t *seqTracker) inflightBytes() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bytes
 }
 
 // undispatch forgets the newest dispatch (the worker refused it).
@@ -68,7 +84,8 @@ func (t *seqTracker) undispatch(seq, prevLast int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if n := len(t.seqs); n > t.head && t.seqs[n-1] == seq {
-		t.seqs, t.dones = t.seqs[:n-1], t.dones[:n-1]
+		t.bytes -= t.sizes[n-1]
+		t.seqs, t.dones, t.sizes = t.seqs[:n-1], t.dones[:n-1], t.sizes[:n-1]
 	}
 	t.last = prevLast
 }
@@ -88,10 +105,11 @@ func (t *seqTracker) done(seq int64) {
 	defer t.mu.Unlock()
 	live := t.seqs[t.head:]
 	i := sort.Search(len(live), func(i int) bool { return live[i] >= seq })
-	if i == len(live) || live[i] != seq {
+	if i == len(live) || live[i] != seq || t.dones[t.head+i] {
 		return
 	}
 	t.dones[t.head+i] = true
+	t.bytes -= t.sizes[t.head+i]
 	for t.head < len(t.seqs) && t.dones[t.head] {
 		t.head++
 	}

@@ -109,7 +109,7 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 		h.paused.Store(true)
 		return loop.ErrPaused
 	}
-	h.tracker.dispatch(it.useq)
+	h.tracker.dispatch(it.useq, len(payload))
 	if !m.ing.Offer(it) {
 		h.tracker.undispatch(it.useq, prevLast)
 		h.paused.Store(true)
