@@ -464,19 +464,10 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	ctx := context.Background()
 	switch {
 	case it.commit != nil:
-		if !st.acct.IsActive() {
-			p.drop(it, "inactive_account", errInactive(st))
-			return
-		}
-		res, err := p.ing.v.Commit(ctx, it.commit, info.key, st.head)
-		if err != nil {
-			if dropReason(err) == "bad_signature" && !it.reresolved {
-				// The key may have rotated without an #identity: refresh once.
-				it.reresolved = true
-				p.waitFor(it)
-				return
-			}
-			p.drop(it, dropReason(err), err)
+		res, ok := p.verifyRepoEvent(it, st, func() (*verified, error) {
+			return p.ing.v.Commit(ctx, it.commit, info.key, st.head)
+		})
+		if !ok {
 			return
 		}
 		if res.inversionErr != nil {
@@ -488,18 +479,10 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		p.accept(it, st, KindCommit, it.commit, res)
 	case it.sync != nil:
-		if !st.acct.IsActive() {
-			p.drop(it, "inactive_account", errInactive(st))
-			return
-		}
-		res, err := p.ing.v.Sync(ctx, it.sync, info.key, st.head)
-		if err != nil {
-			if dropReason(err) == "bad_signature" && !it.reresolved {
-				it.reresolved = true
-				p.waitFor(it)
-				return
-			}
-			p.drop(it, dropReason(err), err)
+		res, ok := p.verifyRepoEvent(it, st, func() (*verified, error) {
+			return p.ing.v.Sync(ctx, it.sync, info.key, st.head)
+		})
+		if !ok {
 			return
 		}
 		p.accept(it, st, KindSync, it.sync, res)
@@ -539,6 +522,28 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		p.accept(it, st, KindAccount, accountFrame(&st.acct, it.account.Time), nil)
 	}
+}
+
+// verifyRepoEvent runs the checks shared by #commit and #sync: the account
+// must be active and verify must pass. A signature failure refreshes the
+// identity once (the key may have rotated without an #identity) before the
+// event is dropped. ok=false means the event was dropped or is waiting.
+func (p *partition) verifyRepoEvent(it *ingestItem, st *accountState, verify func() (*verified, error)) (*verified, bool) {
+	if !st.acct.IsActive() {
+		p.drop(it, "inactive_account", errInactive(st))
+		return nil, false
+	}
+	res, err := verify()
+	if err != nil {
+		if dropReason(err) == "bad_signature" && !it.reresolved {
+			it.reresolved = true
+			p.waitFor(it)
+			return nil, false
+		}
+		p.drop(it, dropReason(err), err)
+		return nil, false
+	}
+	return res, true
 }
 
 // accountFrame is the #account the relay emits: its combined local and

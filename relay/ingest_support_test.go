@@ -185,6 +185,11 @@ func startTestNetHooked(t *testing.T, hosts int, mutate func(*Config), hook func
 		mutate(&cfg)
 	}
 	n.r = startRelayHooked(t, cfg, hook)
+	t.Cleanup(func() {
+		if t.Failed() {
+			n.dump(t)
+		}
+	})
 	return n
 }
 

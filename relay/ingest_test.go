@@ -23,32 +23,7 @@ type testNet struct {
 
 func startTestNet(t *testing.T, hosts int, mutate func(*Config)) *testNet {
 	t.Helper()
-	plc, err := perf.StartPLC()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(plc.Close)
-	n := &testNet{plc: plc}
-	for i := 0; i < hosts; i++ {
-		p, err := perf.StartPDS(perf.PDSOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Close)
-		n.hosts = append(n.hosts, p)
-	}
-	cfg := testConfig(t)
-	cfg.PLCHost = plc.URL()
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	n.r = startRelay(t, cfg)
-	t.Cleanup(func() {
-		if t.Failed() {
-			n.dump(t)
-		}
-	})
-	return n
+	return startTestNetHooked(t, hosts, mutate, nil)
 }
 
 // dump logs the relay's ingest state, to explain a failure.

@@ -45,19 +45,7 @@ func testConfig(t testing.TB) Config {
 
 func startRelay(t testing.TB, cfg Config) *Relay {
 	t.Helper()
-	r, err := New(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		_ = r.Close(ctx)
-	})
-	return r
+	return startRelayHooked(t, cfg, nil)
 }
 
 // identityEvent is the smallest sequencable event.

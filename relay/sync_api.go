@@ -67,6 +67,16 @@ func xrpcQuery(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// queryPage parses a page request: limit (def when absent, else 1..max)
+// and the cursor; on a bad parameter it writes the 400 and ok is false.
+func queryPage(w http.ResponseWriter, q url.Values, def, max int) (limit int, after uint64, ok bool) {
+	if limit, ok = queryLimit(w, q, def, max); !ok {
+		return 0, 0, false
+	}
+	after, ok = queryCursor(w, q)
+	return limit, after, ok
+}
+
 // queryLimit parses the limit parameter: def when absent, else 1..max.
 // On failure it writes the 400 and returns false.
 func queryLimit(w http.ResponseWriter, q url.Values, def, max int) (int, bool) {
@@ -196,11 +206,7 @@ func (r *Relay) internalError(w http.ResponseWriter, what string, err error) {
 // required; the cursor still advances past them.
 func (r *Relay) handleListRepos(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	limit, ok := queryLimit(w, q, defaultListReposLimit, maxListReposLimit)
-	if !ok {
-		return
-	}
-	after, ok := queryCursor(w, q)
+	limit, after, ok := queryPage(w, q, defaultListReposLimit, maxListReposLimit)
 	if !ok {
 		return
 	}
@@ -310,11 +316,7 @@ func (r *Relay) hostView(rec *meta.Host) *comatproto.SyncListHosts_Host {
 // handleListHosts pages through hosts by ID, oldest first.
 func (r *Relay) handleListHosts(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	limit, ok := queryLimit(w, q, defaultListHostsLimit, maxListHostsLimit)
-	if !ok {
-		return
-	}
-	after, ok := queryCursor(w, q)
+	limit, after, ok := queryPage(w, q, defaultListHostsLimit, maxListHostsLimit)
 	if !ok {
 		return
 	}
