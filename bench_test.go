@@ -416,7 +416,7 @@ func BenchmarkReplay(b *testing.B) {
 	waitUntil(b, "events sequenced", func() bool { return ir.Relay().Head() >= head })
 	b.ReportAllocs()
 	b.StartTimer()
-	rp, err := perf.MeasureReplay(ctx, ir.FirehoseURL(), nil, 0, head, benchWait)
+	rp, err := perf.MeasureReplay(ctx, perf.ReplayOptions{URL: ir.FirehoseURL(), Head: head, Timeout: benchWait})
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)

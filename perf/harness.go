@@ -73,6 +73,10 @@ type Scenario struct {
 	Consumers    int
 	SlowFraction float64
 	SlowDelay    time.Duration
+	// ConsumerReadBuffer is each consumer's socket read buffer (default
+	// DefaultClientReadBuffer). A larger one reads a batch of frames in
+	// one syscall, which makes a big fleet much cheaper to run.
+	ConsumerReadBuffer int
 	// Timeouts; zero values take the defaults above.
 	ConnectTimeout time.Duration
 	WarmupTimeout  time.Duration
@@ -206,13 +210,14 @@ func RunOn(ctx context.Context, target Target, sc Scenario, n *Network) (*Result
 	res.PregenBytes = pre.Bytes
 
 	fleet, err := StartFleet(ctx, FleetOptions{
-		URL:          target.FirehoseURL,
-		Consumers:    sc.Consumers,
-		Cursor:       -1,
-		SlowFraction: sc.SlowFraction,
-		SlowDelay:    sc.SlowDelay,
-		Table:        pre.Table,
-		TLS:          target.TLS,
+		URL:            target.FirehoseURL,
+		Consumers:      sc.Consumers,
+		Cursor:         -1,
+		SlowFraction:   sc.SlowFraction,
+		SlowDelay:      sc.SlowDelay,
+		Table:          pre.Table,
+		TLS:            target.TLS,
+		ReadBufferSize: sc.ConsumerReadBuffer,
 	})
 	if err != nil {
 		return nil, err

@@ -24,15 +24,36 @@ type ReplayStats struct {
 	Complete bool `json:"complete"`
 }
 
-// MeasureReplay subscribes one consumer to url with cursor and times it
-// from the dial until it has read every event up to head (the time
+// DefaultReplayReadBuffer is the replaying consumer's read buffer: large,
+// so the consumer's syscalls do not limit what is measured.
+const DefaultReplayReadBuffer = 256 << 10
+
+// ReplayOptions configures MeasureReplay.
+type ReplayOptions struct {
+	// URL is the subscribeRepos URL (without cursor); TLS for wss://.
+	URL string
+	TLS *tls.Config
+	// Cursor to replay from, and Head, the seq to read up to.
+	Cursor, Head int64
+	// Timeout bounds the measurement.
+	Timeout time.Duration
+	// ReadBufferSize of the consumer (default DefaultReplayReadBuffer).
+	ReadBufferSize int
+}
+
+// MeasureReplay subscribes one consumer with opts.Cursor and times it
+// from the dial until it has read every event up to opts.Head (the time
 // includes the handshake). It returns what it measured even when the
-// stream ends or timeout passes first (Complete is then false).
-func MeasureReplay(ctx context.Context, url string, tlsConfig *tls.Config, cursor, head int64, timeout time.Duration) (*ReplayStats, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// stream ends or the timeout passes first (Complete is then false).
+func MeasureReplay(ctx context.Context, opts ReplayOptions) (*ReplayStats, error) {
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
+	if opts.ReadBufferSize <= 0 {
+		opts.ReadBufferSize = DefaultReplayReadBuffer
+	}
+	cursor, head := opts.Cursor, opts.Head
 	start := time.Now()
-	f, err := StartFleet(ctx, FleetOptions{URL: url, Consumers: 1, Cursor: cursor, TLS: tlsConfig})
+	f, err := StartFleet(ctx, FleetOptions{URL: opts.URL, Consumers: 1, Cursor: cursor, TLS: opts.TLS, ReadBufferSize: opts.ReadBufferSize})
 	if err != nil {
 		return nil, fmt.Errorf("perf: replay consumer: %w", err)
 	}

@@ -78,15 +78,17 @@ func writeDetails(b *strings.Builder, r *Result) {
 	}
 	if len(r.Observed) > 0 {
 		last := r.Observed[len(r.Observed)-1].Values
-		maxes := map[string]float64{}
+		maxes, sums, counts := map[string]float64{}, map[string]float64{}, map[string]int{}
 		for _, p := range r.Observed {
 			for k, v := range p.Values {
 				maxes[k] = max(maxes[k], v)
+				sums[k] += v
+				counts[k]++
 			}
 		}
-		b.WriteString("\n| observed | last | max |\n|---|---:|---:|\n")
+		b.WriteString("\n| observed (once a second) | last | mean | max |\n|---|---:|---:|---:|\n")
 		for _, k := range sortedKeys(maxes) {
-			fmt.Fprintf(b, "| %s | %s | %s |\n", mdCell(k), fmtValue(last[k]), fmtValue(maxes[k]))
+			fmt.Fprintf(b, "| %s | %s | %s | %s |\n", mdCell(k), fmtValue(last[k]), fmtValue(sums[k]/float64(counts[k])), fmtValue(maxes[k]))
 		}
 		b.WriteString("\n")
 	}

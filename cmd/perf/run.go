@@ -83,6 +83,9 @@ func execute(ctx context.Context, o *options, stdout, stderr io.Writer) (*perf.R
 
 // runScenario starts the network and the target and runs the scenario.
 func runScenario(ctx context.Context, o *options, logger *slog.Logger, stderr io.Writer) (*perf.Result, error) {
+	if o.replayOnly > 0 {
+		return replayOnly(ctx, o, stderr)
+	}
 	fmt.Fprintf(stderr, "starting %d hosts x %d accounts (%.0f%% P-256)\n", o.hosts, o.accounts, 100*o.p256)
 	n, err := perf.StartNetwork(perf.NetworkOptions{
 		Hosts:           o.hosts,
@@ -158,19 +161,20 @@ func runScenario(ctx context.Context, o *options, logger *slog.Logger, stderr io
 		}
 		fmt.Fprintf(stderr, "crawl, warm up, pregenerate %d events, then %s for %s to %d consumers\n", events, profile.Name, o.duration, o.consumers)
 		res, err = perf.RunOn(ctx, target, perf.Scenario{
-			Name:           o.name,
-			Events:         events,
-			Ops:            o.ops,
-			Profile:        profile,
-			Duration:       o.duration + emitSlack,
-			Consumers:      o.consumers,
-			SlowFraction:   o.slow,
-			SlowDelay:      o.slowDelay,
-			ConnectTimeout: o.connectMax,
-			WarmupTimeout:  o.warmupWait,
-			Drain:          o.drain,
-			Faults:         o.faults,
-			Live:           live,
+			Name:               o.name,
+			Events:             events,
+			Ops:                o.ops,
+			Profile:            profile,
+			Duration:           o.duration + emitSlack,
+			Consumers:          o.consumers,
+			SlowFraction:       o.slow,
+			SlowDelay:          o.slowDelay,
+			ConsumerReadBuffer: o.readBuffer,
+			ConnectTimeout:     o.connectMax,
+			WarmupTimeout:      o.warmupWait,
+			Drain:              o.drain,
+			Faults:             o.faults,
+			Live:               live,
 		}, n)
 	}
 	prog.done()
@@ -195,7 +199,9 @@ func runScenario(ctx context.Context, o *options, logger *slog.Logger, stderr io
 
 	if o.replay && !o.idle && res.Fleet.MaxLastSeq > 0 {
 		fmt.Fprintf(stderr, "replaying from cursor 0 to seq %d\n", res.Fleet.MaxLastSeq)
-		rp, err := perf.MeasureReplay(ctx, target.FirehoseURL, target.TLS, 0, res.Fleet.MaxLastSeq, replayTimeout)
+		rp, err := perf.MeasureReplay(ctx, perf.ReplayOptions{
+			URL: target.FirehoseURL, TLS: target.TLS, Head: res.Fleet.MaxLastSeq, Timeout: replayTimeout,
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -266,4 +272,20 @@ func (c *cpuSplit) stop() (map[string]float64, error) {
 		out["cpu % of one core "+name] = 100 * s / wall
 	}
 	return out, nil
+}
+
+// replayOnly times one consumer reading an external relay's log from
+// cursor 0 to -replay-only, observing the relay meanwhile.
+func replayOnly(ctx context.Context, o *options, stderr io.Writer) (*perf.Result, error) {
+	res := &perf.Result{Scenario: o.name, Target: "external", Profile: "replay", Started: time.Now(), Consumers: 1}
+	obs := &perf.Observer{PID: o.targetPID, MetricsURL: o.targetMetrics}
+	obs.Observe() // CPU baseline
+	fmt.Fprintf(stderr, "replaying %s from cursor 0 to seq %d\n", o.targetFirehose, o.replayOnly)
+	rp, err := perf.MeasureReplay(ctx, perf.ReplayOptions{URL: o.targetFirehose, Head: o.replayOnly, Timeout: replayTimeout})
+	if err != nil {
+		return nil, err
+	}
+	res.Replay = rp
+	res.Observed = []perf.ObservedPoint{{Values: obs.Observe()}}
+	return res, nil
 }
