@@ -157,6 +157,7 @@ type HostManager struct {
 	hosts  map[uint64]*hostConn
 	byName map[string]*hostConn
 
+	flushMu    sync.Mutex // one cursor flush at a time (ticker and shutdown)
 	lastIngest atomic.Int64
 	closing    atomic.Bool
 	stop       chan struct{}
@@ -527,11 +528,9 @@ func (m *HostManager) flushLoop() {
 	}
 }
 
-var flushMu sync.Mutex
-
 func (m *HostManager) flushCursors() {
-	flushMu.Lock()
-	defer flushMu.Unlock()
+	m.flushMu.Lock()
+	defer m.flushMu.Unlock()
 	m.mu.Lock()
 	cursors := map[uint64]int64{}
 	changed := []*hostConn{}
