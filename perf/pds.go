@@ -349,6 +349,14 @@ func (p *PDS) subscribeRepos(w http.ResponseWriter, r *http.Request) {
 		}
 		cursor = &c
 	}
+	// The stream position is taken before the upgrade response goes out:
+	// a client that saw the handshake complete gets every frame emitted
+	// after that, even one emitted before this handler runs on.
+	start, ok := p.join(cursor)
+	if !ok {
+		http.Error(w, "closed", http.StatusServiceUnavailable)
+		return
+	}
 	up := ws.HTTPUpgrader{}
 	if p.opts.ServerHeader != "" {
 		up.Header = http.Header{"Server": []string{p.opts.ServerHeader}}
@@ -363,7 +371,48 @@ func (p *PDS) subscribeRepos(w http.ResponseWriter, r *http.Request) {
 		done: make(chan struct{}),
 	}
 	go p.readClient(sub)
-	p.stream(sub, cursor)
+	p.stream(sub, start)
+}
+
+// streamStart is where a subscription starts: its position in the log
+// and what to send first.
+type streamStart struct {
+	joinPos int64  // log position when it joined (raw frames before it are skipped)
+	next    int64  // first log position to send
+	prelude []byte // #info or error frame to send first, or nil
+	future  bool   // the cursor is in the future: send prelude and close
+}
+
+// join computes a subscription's start from its cursor and records the
+// cursor; ok is false when the PDS is closed.
+func (p *PDS) join(cursor *int64) (st streamStart, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return st, false
+	}
+	st.joinPos = p.basePos + int64(len(p.log))
+	st.next = st.joinPos
+	cur := int64(-1)
+	if cursor != nil {
+		cur = *cursor
+		switch {
+		case *cursor > p.lastSeq:
+			st.future = true
+			st.prelude, _ = EncodeErrorFrame("FutureCursor", "cursor in the future")
+		default:
+			if *cursor < p.trimmedSeq {
+				st.prelude, _ = encodeInfo("OutdatedCursor", "requested cursor exceeded limit; possibly missing events")
+			}
+			i := sort.Search(len(p.log), func(i int) bool { return p.log[i].seq > *cursor })
+			st.next = p.basePos + int64(i)
+		}
+	}
+	p.cursors = append(p.cursors, cur)
+	if len(p.cursors) > pdsCursorHistory {
+		p.cursors = p.cursors[len(p.cursors)-pdsCursorHistory:]
+	}
+	return st, true
 }
 
 // readClient consumes client frames: it answers pings and ends the
@@ -410,38 +459,16 @@ func (p *PDS) readClient(sub *pdsSub) {
 	}
 }
 
-// stream writes the log to sub from the cursor position, then live.
-func (p *PDS) stream(sub *pdsSub, cursor *int64) {
+// stream writes the log to sub from its start position, then live.
+func (p *PDS) stream(sub *pdsSub, start streamStart) {
 	defer sub.close()
 	bw := sub.bw
+	joinPos, next, prelude, future := start.joinPos, start.next, start.prelude, start.future
 
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return
-	}
-	joinPos := p.basePos + int64(len(p.log))
-	next := joinPos
-	var prelude []byte
-	future := false
-	cur := int64(-1)
-	if cursor != nil {
-		cur = *cursor
-		switch {
-		case *cursor > p.lastSeq:
-			future = true
-			prelude, _ = EncodeErrorFrame("FutureCursor", "cursor in the future")
-		default:
-			if *cursor < p.trimmedSeq {
-				prelude, _ = encodeInfo("OutdatedCursor", "requested cursor exceeded limit; possibly missing events")
-			}
-			i := sort.Search(len(p.log), func(i int) bool { return p.log[i].seq > *cursor })
-			next = p.basePos + int64(i)
-		}
-	}
-	p.cursors = append(p.cursors, cur)
-	if len(p.cursors) > pdsCursorHistory {
-		p.cursors = p.cursors[len(p.cursors)-pdsCursorHistory:]
 	}
 	p.subs[sub] = struct{}{}
 	p.mu.Unlock()

@@ -347,3 +347,34 @@ func TestPLCUnknownAndMethod(t *testing.T) {
 		t.Fatalf("deleted DID: %d", resp.StatusCode)
 	}
 }
+
+// TestPDSLiveSubscriberGetsFramesAfterHandshake checks that a live
+// subscriber (no cursor) receives a frame emitted right after its
+// handshake completed: the stream position is fixed before the upgrade
+// response, not after it.
+func TestPDSLiveSubscriberGetsFramesAfterHandshake(t *testing.T) {
+	env := newTestEnv(t)
+	a, err := NewAccount(K256, "race.test", env.plc, env.pds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 200
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	for i := range rounds {
+		cl, err := DialFirehose(ctx, subURL(env.pds, -1), DialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq := env.pds.Emit(Event{Identity: a.Identity()})
+		_ = cl.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, p, err := cl.Next()
+		if err != nil {
+			t.Fatalf("round %d: frame %d emitted after the handshake not received: %v", i, seq, err)
+		}
+		if fi, err := ScanFrame(p); err != nil || fi.Seq != seq {
+			t.Fatalf("round %d: got seq %d (%v), want %d", i, fi.Seq, err, seq)
+		}
+		_ = cl.Close()
+	}
+}
