@@ -34,8 +34,13 @@ const (
 	hostWriteTimeout = 5 * time.Second
 	// dialTimeout bounds the TCP, TLS and WebSocket handshakes.
 	dialTimeout = 30 * time.Second
-	// resumeInterval is how often paused hosts are retried.
+	// resumeInterval is how often paused hosts are checked for room.
 	resumeInterval = 10 * time.Millisecond
+	// maxPausedHosts bounds hosts paused at once, and so the memory their
+	// unread socket buffers hold (each up to the loop's 16 MiB inbound
+	// bound: 1 GiB in all). Past it a host that must pause is disconnected
+	// and resumed later from its cursor.
+	maxPausedHosts = 64
 	// startConnectsPerSecond staggers connections at start and bootstrap.
 	startConnectsPerSecond = 200
 	// relayLoopGuard is the Server header value of a relay: crawling one
@@ -74,6 +79,7 @@ type hostConn struct {
 	// relay started, so a redial resumes from a cursor even if it is 0.
 	subscribed atomic.Bool
 	conn       atomic.Pointer[loop.Conn]
+	held       *ingestItem // (loop) decoded event a pause left unconsumed
 	received   atomic.Int64
 	lastEvent  atomic.Int64 // unix nanos of the last message
 
@@ -158,6 +164,8 @@ type HostManager struct {
 	byName map[string]*hostConn
 
 	flushMu    sync.Mutex // one cursor flush at a time (ticker and shutdown)
+	pausedMu   sync.Mutex
+	paused     map[*hostConn]*partition // paused hosts and the worker each waits for
 	lastIngest atomic.Int64
 	closing    atomic.Bool
 	stop       chan struct{}
@@ -170,6 +178,7 @@ func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingest
 		logger: r.logger.With("component", "hosts"),
 		client: loop.NewHTTPClient(r.cfg.AllowInsecureHosts, 20*time.Second),
 		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
+		paused:  map[*hostConn]*partition{},
 		stop:    make(chan struct{}),
 		backoff: backoff,
 	}
@@ -461,8 +470,11 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 		return
 	}
 	h.connected.Store(false)
-	h.paused.Store(false)
 	h.ready.Store(false)
+	h.held = nil // its dispatch was undone; the host resends it
+	h.mu.Unlock()
+	m.unmarkPaused(h)
+	h.mu.Lock()
 	status := h.rec.Status
 	stay := status == meta.HostBlocked || status == meta.HostBanned || status == meta.HostOffline ||
 		errors.Is(err, ErrHostIsRelay) || errors.Is(err, ErrHostBlocked)
@@ -489,26 +501,62 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 	m.retryLater(h, m.backoff(0))
 }
 
-// resumeLoop resumes paused hosts whose workers have room again.
+// markPaused records h as paused, waiting for room in p (nil: waiting for
+// the dialer's checks). It refuses when maxPausedHosts are already paused.
+func (m *HostManager) markPaused(h *hostConn, p *partition) bool {
+	m.pausedMu.Lock()
+	defer m.pausedMu.Unlock()
+	if _, ok := m.paused[h]; !ok && len(m.paused) >= maxPausedHosts {
+		return false
+	}
+	m.paused[h] = p
+	h.paused.Store(true)
+	return true
+}
+
+func (m *HostManager) unmarkPaused(h *hostConn) {
+	m.pausedMu.Lock()
+	delete(m.paused, h)
+	m.pausedMu.Unlock()
+	h.paused.Store(false)
+}
+
+// resumeLoop resumes paused hosts once what stopped them has room: the
+// worker that refused the held event has drained to half, and the host's
+// in-flight budget is not full. Resuming earlier would make the loop
+// re-read a large buffered backlog only to pause again.
 func (m *HostManager) resumeLoop() {
 	defer m.wg.Done()
 	t := time.NewTicker(resumeInterval)
 	defer t.Stop()
+	var ready []*hostConn
 	for {
 		select {
 		case <-m.stop:
 			return
 		case <-t.C:
-			m.mu.Lock()
-			for _, h := range m.hosts {
-				if h.paused.Load() && !h.tracker.full() {
-					if c := h.conn.Load(); c != nil {
-						h.paused.Store(false)
-						c.Resume()
-					}
+			ready = ready[:0]
+			m.pausedMu.Lock()
+			for h, p := range m.paused {
+				if h.tracker.full() {
+					continue
+				}
+				if p == nil && !h.ready.Load() {
+					continue
+				}
+				if p != nil && len(p.in) > partitionQueue/2 {
+					continue
+				}
+				delete(m.paused, h)
+				h.paused.Store(false)
+				ready = append(ready, h)
+			}
+			m.pausedMu.Unlock()
+			for _, h := range ready {
+				if c := h.conn.Load(); c != nil {
+					c.Resume()
 				}
 			}
-			m.mu.Unlock()
 		}
 	}
 }

@@ -25,6 +25,12 @@ import (
 // paused frame would be lost with the connection.
 func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) error {
 	h := c.Context().(*hostConn)
+	if it := h.held; it != nil {
+		// The loop redelivers the message a pause left unconsumed: offer
+		// the event decoded then, without decoding or counting it again.
+		h.held = nil
+		return m.dispatch(h, it, len(payload))
+	}
 	mt := m.r.metrics
 	if op != ws.OpBinary {
 		mt.Dropped("text_frame").Inc()
@@ -38,7 +44,7 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 		return nil
 	}
 	if hop == 1 && t != "#info" && !h.ready.Load() {
-		h.paused.Store(true)
+		m.markPaused(h, nil)
 		return loop.ErrPaused
 	}
 	if hop == -1 {
@@ -99,22 +105,41 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 	}
 	mt.EventsIn(t).Inc()
 	h.lastEvent.Store(it.recv.UnixNano())
+	return m.dispatch(h, it, len(payload))
+}
+
+// dispatch checks the upstream seq and offers the event to its worker, or
+// pauses the host holding the decoded event.
+func (m *HostManager) dispatch(h *hostConn, it *ingestItem, size int) error {
 	prevLast := h.tracker.lastSeq()
 	if it.useq <= prevLast {
-		mt.Dropped("duplicate_seq").Inc()
+		m.r.metrics.Dropped("duplicate_seq").Inc()
 		h.countDrop("duplicate_seq")
 		return nil
 	}
+	p := m.ing.partitionOf(it.did)
 	if h.tracker.full() {
-		h.paused.Store(true)
-		return loop.ErrPaused
+		return m.pause(h, it, p)
 	}
-	h.tracker.dispatch(it.useq, len(payload))
+	h.tracker.dispatch(it.useq, size)
 	if !m.ing.Offer(it) {
 		h.tracker.undispatch(it.useq, prevLast)
-		h.paused.Store(true)
-		return loop.ErrPaused
+		return m.pause(h, it, p)
 	}
 	h.received.Add(1)
 	return nil
+}
+
+// pause holds it and leaves its message in the socket buffer until the
+// resume sweep sees room for it. Paused hosts keep up to the loop's inbound
+// bound (16 MiB) buffered each, so at most maxPausedHosts are paused at
+// once: past that the connection is closed and resumed later from the
+// host's cursor, which loses nothing.
+func (m *HostManager) pause(h *hostConn, it *ingestItem, p *partition) error {
+	if !m.markPaused(h, p) {
+		m.r.metrics.Counter("relay_host_backpressure_closes_total").Inc()
+		return loop.ErrBackpressure
+	}
+	h.held = it
+	return loop.ErrPaused
 }
