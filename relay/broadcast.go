@@ -61,6 +61,9 @@ type loopGroup struct {
 	b         *Broadcaster
 	consumers map[*consumer]struct{}
 	scheduled atomic.Bool
+	// behind: after the last pump some consumer still lagged (its socket
+	// was full or it waits for a replay step), so the ticker pumps again.
+	behind atomic.Bool
 	// iov is the loop's scratch list of frames for one writev, reused so a
 	// pump does not allocate.
 	iov [][]byte
@@ -127,15 +130,37 @@ func (b *Broadcaster) Notify() {
 	}
 }
 
+// notifyBehind wakes only the loops with a consumer left behind: an idle
+// relay does not touch its consumers.
+func (b *Broadcaster) notifyBehind() {
+	b.mu.Lock()
+	groups := make([]*loopGroup, 0, len(b.groups))
+	for _, g := range b.groups {
+		if g.behind.Load() {
+			groups = append(groups, g)
+		}
+	}
+	b.mu.Unlock()
+	for _, g := range groups {
+		g.schedule()
+	}
+}
+
 func (g *loopGroup) schedule() {
 	if !g.scheduled.CompareAndSwap(false, true) {
 		return
 	}
 	err := g.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 		g.scheduled.Store(false)
+		behind := false
+		head := g.b.ring.Head()
 		for c := range g.consumers {
-			g.b.pump(c)
+			g.b.fill(c)
+			if !c.closed && c.pos.Load() < head {
+				behind = true
+			}
 		}
+		g.behind.Store(behind)
 		return nil
 	}))
 	if err != nil {
@@ -152,7 +177,7 @@ func (b *Broadcaster) ticker() {
 		case <-b.stop:
 			return
 		case <-t.C:
-			b.Notify()
+			b.notifyBehind()
 		}
 	}
 }
@@ -251,8 +276,18 @@ func (b *Broadcaster) kick(c *consumer, reason string, payload []byte) {
 	c.closed = true
 }
 
-// pump writes what c can take from the ring. It runs on c's loop.
+// pump writes what c can take and, if c is still behind, has the ticker
+// come back to its loop. It runs on c's loop.
 func (b *Broadcaster) pump(c *consumer) {
+	b.fill(c)
+	if !c.closed && c.group != nil && c.pos.Load() < b.ring.Head() {
+		c.group.behind.Store(true)
+	}
+}
+
+// fill writes what c can take from the ring, or starts a replay step when
+// c is behind the ring.
+func (b *Broadcaster) fill(c *consumer) {
 	if c.closed || c.replaying {
 		return
 	}
@@ -328,28 +363,43 @@ func (b *Broadcaster) replayWorker() {
 	}
 }
 
+// replayBufPool holds replay chunk buffers. A chunk is written with one
+// Writev; gnet has written or copied it when Writev returns, so the buffer
+// goes back to the pool right after.
+var replayBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, replayChunkBytes+64<<10)
+	return &b
+}}
+
+// maxPooledReplayBuf: a chunk grown past this (one huge record) is not kept.
+const maxPooledReplayBuf = 8 << 20
+
+func putReplayBuf(bp *[]byte) {
+	if cap(*bp) <= maxPooledReplayBuf {
+		*bp = (*bp)[:0]
+		replayBufPool.Put(bp)
+	}
+}
+
 func (b *Broadcaster) replayStep(c *consumer) {
 	from := c.pos.Load()
-	var frames [][]byte
-	var buf []byte
+	bp := replayBufPool.Get().(*[]byte)
+	buf := (*bp)[:0]
+	frames := 0
 	last, err := b.log.ReadAfter(from, replayChunkBytes, func(r eventlog.Record) error {
-		start := len(buf)
+		// Frames are contiguous in buf: one write sends them all.
 		buf = wsframe.AppendHeader(buf, ws.OpBinary, len(r.Payload), nil)
 		buf = append(buf, r.Payload...)
-		frames = append(frames, buf[start:len(buf):len(buf)])
+		frames++
 		return nil
 	})
+	*bp = buf
 	if err != nil {
 		b.logger.Error("replay read failed", "err", err, "cursor", from)
 	}
-	// buf may have moved while growing: re-slice frames from the final buffer.
-	off := 0
-	for i, f := range frames {
-		frames[i] = buf[off : off+len(f)]
-		off += len(f)
-	}
 	b.metrics.replayBytes.Add(len(buf))
 	execErr := c.conn.Execute(func(conn *loop.Conn) {
+		defer putReplayBuf(bp)
 		c.replaying = false
 		if c.closed {
 			return
@@ -357,10 +407,13 @@ func (b *Broadcaster) replayStep(c *consumer) {
 		if last > c.pos.Load() {
 			c.pos.Store(last)
 		}
-		if err == nil && len(frames) > 0 {
-			c.sent.Add(int64(len(frames)))
-			b.metrics.framesDelivered.Add(len(frames))
-			if werr := conn.Writev(frames); werr != nil {
+		if err == nil && frames > 0 {
+			c.sent.Add(int64(frames))
+			b.metrics.framesDelivered.Add(frames)
+			c.group.iov = append(c.group.iov[:0], buf)
+			werr := conn.Writev(c.group.iov)
+			clear(c.group.iov)
+			if werr != nil {
 				conn.Close(werr)
 				return
 			}
@@ -368,7 +421,7 @@ func (b *Broadcaster) replayStep(c *consumer) {
 		b.pump(c)
 	})
 	if execErr != nil {
-		return // closed meanwhile
+		putReplayBuf(bp) // closed meanwhile
 	}
 }
 

@@ -250,6 +250,9 @@ func (m *HostManager) describeServer(ctx context.Context, host string, noSSL boo
 		return err
 	}
 	req.Header.Set("User-Agent", userAgent)
+	// One probe per host: keeping the connection alive would only park a
+	// transport goroutine per crawled host.
+	req.Close = true
 	resp, err := m.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDescribeServer, err)

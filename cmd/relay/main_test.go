@@ -2,10 +2,10 @@ package main
 
 import (
 	"bufio"
-	"io"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
