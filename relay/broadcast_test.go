@@ -14,6 +14,9 @@ import (
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
 	"github.com/gobwas/ws"
+
+	"github.com/relay/relay/persist/eventlog"
+	"github.com/relay/relay/wsframe"
 )
 
 func submitN(t testing.TB, r *Relay, from, n int) {
@@ -297,4 +300,32 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	c2 := dialConsumer(t, r2.Addr(), "?cursor=0")
 	submitN(t, r2, 1000, 10)
 	c2.readSeqs(t, 1, 1010, 10*time.Second)
+}
+
+func TestCheckLoggedFrame(t *testing.T) {
+	r := startRelay(t, testConfig(t))
+	c := dialConsumer(t, r.Addr(), "")
+	waitConsumers(t, r, 1)
+	submitN(t, r, 0, 1)
+	c.readSeqs(t, 1, 1, 5*time.Second)
+	var logged []byte
+	if _, err := r.log.ReadAfter(0, 1<<20, func(rec eventlog.Record) error {
+		logged = append([]byte(nil), rec.Payload...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkLoggedFrame(logged); err != nil {
+		t.Fatalf("a sequenced frame fails the check: %v", err)
+	}
+	for name, p := range map[string][]byte{
+		"zeros":       make([]byte, len(logged)),
+		"empty":       nil,
+		"error frame": wsframe.AppendErrorPayload(nil, "FutureCursor", ""),
+		"header only": wsframe.AppendEventHeader(nil, "#commit"),
+	} {
+		if err := checkLoggedFrame(p); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
 }

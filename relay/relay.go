@@ -19,6 +19,7 @@ import (
 	"github.com/relay/relay/persist/meta"
 	"github.com/relay/relay/persist/meta/pebblestore"
 	"github.com/relay/relay/persist/meta/pgstore"
+	"github.com/relay/relay/wsframe"
 )
 
 // Shutdown and service limits.
@@ -79,6 +80,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		SegmentMaxEvents: cfg.SegmentEvents,
 		MaxBytes:         cfg.MaxEventsBytes,
 		Logger:           logger.With("component", "eventlog"),
+		CheckPayload:     checkLoggedFrame,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open event log: %w", err)
@@ -288,4 +290,25 @@ func openStore(cfg Config) (meta.Store, error) {
 		return nil, fmt.Errorf("open embedded store: %w", err)
 	}
 	return s, nil
+}
+
+// ErrBadLoggedFrame: a record of the event log is not an event-stream
+// message (a payload a crash did not persist).
+var ErrBadLoggedFrame = errors.New("relay: event log record is not an event-stream message")
+
+// checkLoggedFrame accepts a logged payload only if it is an event-stream
+// message: a header with op 1 and a known type, then a CBOR map body.
+func checkLoggedFrame(p []byte) error {
+	op, t, body, err := wsframe.ParseEventHeader(p)
+	if err != nil {
+		return errors.Join(ErrBadLoggedFrame, err)
+	}
+	if op != 1 || len(body) == 0 || body[0]>>5 != 5 { // major type 5: map
+		return ErrBadLoggedFrame
+	}
+	switch t {
+	case "#commit", "#sync", "#identity", "#account":
+		return nil
+	}
+	return fmt.Errorf("%w: type %q", ErrBadLoggedFrame, t)
 }

@@ -125,6 +125,13 @@ type Options struct {
 	MaxBytes int64
 	// Logger receives recovery and retention messages; nil = slog.Default().
 	Logger *slog.Logger
+	// CheckPayload, when set, is called at Open for each record of the
+	// newest segment that is not taken down. A record whose payload fails
+	// is treated as torn: it and everything after it are truncated. This
+	// guards against a power loss that persisted a record's header but not
+	// its payload (zero-filled pages on some file systems), which the
+	// header checks alone cannot see.
+	CheckPayload func(payload []byte) error
 }
 
 // Stats is a snapshot of the log's shape.

@@ -31,7 +31,21 @@ func (l *Log) recoverTail(s *segment) (int64, error) {
 		count   int
 		idx     []indexEntry
 	)
+	var payload []byte
 	end, err := scanHeaders(f, size, s.firstSeq, *bp, func(h header, off int64) error {
+		if l.opts.CheckPayload != nil && h.flags&FlagTakedown == 0 {
+			if cap(payload) < int(h.length) {
+				payload = make([]byte, h.length)
+			}
+			payload = payload[:h.length]
+			if _, err := f.ReadAt(payload, off+HeaderSize); err != nil {
+				return errTorn
+			}
+			if err := l.opts.CheckPayload(payload); err != nil {
+				l.logger.Warn("event log record failed its payload check", "segment", s.path, "seq", h.seq, "err", err)
+				return errTorn
+			}
+		}
 		if count%indexInterval == 0 {
 			idx = append(idx, indexEntry{seq: h.seq, off: off})
 		}
