@@ -157,11 +157,11 @@ func (ing *Ingester) partitionOf(did string) *partition {
 	return ing.partitions[maphash.String(ing.seed, did)%uint64(len(ing.partitions))]
 }
 
-// Offer hands an event to its worker without blocking; false means the
-// worker is full and the caller must pause the host.
-func (ing *Ingester) Offer(it *ingestItem) bool {
+// offer hands it to this worker without blocking; false means the worker
+// is full and the caller must pause the host.
+func (p *partition) offer(it *ingestItem) bool {
 	select {
-	case ing.partitionOf(it.did).in <- it:
+	case p.in <- it:
 		return true
 	default:
 		return false
@@ -274,11 +274,15 @@ func (p *partition) handle(it *ingestItem) {
 	p.process(it, info)
 }
 
-// waitFor holds it until its DID is (re)resolved.
+// waitFor holds it until its DID is (re)resolved. One resolution per
+// pending queue: a DID already waiting is not asked for again.
 func (p *partition) waitFor(it *ingestItem) {
 	delete(p.idents, it.did)
-	p.pending[it.did] = append(p.pending[it.did], it)
-	p.requestResolve(it.did)
+	q, waiting := p.pending[it.did]
+	p.pending[it.did] = append(q, it)
+	if !waiting {
+		p.requestResolve(it.did)
+	}
 }
 
 func (p *partition) requestResolve(did string) {

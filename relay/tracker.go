@@ -45,6 +45,10 @@ func (t *seqTracker) lastSeq() int64 {
 func (t *seqTracker) full() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.fullLocked()
+}
+
+func (t *seqTracker) fullLocked() bool {
 	return len(t.seqs)-t.head >= maxInflightPerHost || t.bytes >= maxInflightBytesPerHost
 }
 
@@ -55,10 +59,40 @@ func (t *seqTracker) inflight() int {
 	return len(t.seqs) - t.head
 }
 
+// admission is what admit decided for an upstream event.
+type admission int
+
+const (
+	admitted       admission = iota // recorded in flight
+	admitDuplicate                  // seq not after the last seen: drop it
+	admitFull                       // the host's budget is spent: pause
+)
+
+// admit is the socket's one call per event: it drops duplicates, refuses
+// when the budget is spent, or records seq (size bytes) as in flight. It
+// returns the last seq seen before, for undispatch.
+func (t *seqTracker) admit(seq int64, size int) (admission, int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev := t.last
+	switch {
+	case seq <= prev:
+		return admitDuplicate, prev
+	case t.fullLocked():
+		return admitFull, prev
+	}
+	t.dispatchLocked(seq, size)
+	return admitted, prev
+}
+
 // dispatch records seq, a message of size bytes, as in flight.
 func (t *seqTracker) dispatch(seq int64, size int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.dispatchLocked(seq, size)
+}
+
+func (t *seqTracker) dispatchLocked(seq int64, size int) {
 	if t.head > 0 && t.head >= len(t.seqs)/2 {
 		n := copy(t.seqs, t.seqs[t.head:])
 		copy(t.dones, t.dones[t.head:])

@@ -111,18 +111,17 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 // dispatch checks the upstream seq and offers the event to its worker, or
 // pauses the host holding the decoded event.
 func (m *HostManager) dispatch(h *hostConn, it *ingestItem, size int) error {
-	prevLast := h.tracker.lastSeq()
-	if it.useq <= prevLast {
+	p := m.ing.partitionOf(it.did)
+	verdict, prevLast := h.tracker.admit(it.useq, size)
+	switch verdict {
+	case admitDuplicate:
 		m.r.metrics.Dropped("duplicate_seq").Inc()
 		h.countDrop("duplicate_seq")
 		return nil
-	}
-	p := m.ing.partitionOf(it.did)
-	if h.tracker.full() {
+	case admitFull:
 		return m.pause(h, it, p)
 	}
-	h.tracker.dispatch(it.useq, size)
-	if !m.ing.Offer(it) {
+	if !p.offer(it) {
 		h.tracker.undispatch(it.useq, prevLast)
 		return m.pause(h, it, p)
 	}
