@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,10 +83,11 @@ type Broadcaster struct {
 	outCap   int
 	shutdown atomic.Bool
 
-	mu     sync.Mutex
-	groups map[gnet.EventLoop]*loopGroup
-	all    map[uint64]*consumer
-	nextID uint64
+	mu        sync.Mutex
+	groups    map[gnet.EventLoop]*loopGroup
+	groupList atomic.Pointer[[]*loopGroup] // the groups' values, for Notify
+	all       map[uint64]*consumer
+	nextID    uint64
 
 	replayCh chan *consumer
 	stop     chan struct{}
@@ -119,30 +121,28 @@ func (b *Broadcaster) Count() int {
 
 // Notify wakes every loop that has consumers (called after each batch).
 func (b *Broadcaster) Notify() {
-	b.mu.Lock()
-	groups := make([]*loopGroup, 0, len(b.groups))
-	for _, g := range b.groups {
-		groups = append(groups, g)
-	}
-	b.mu.Unlock()
-	for _, g := range groups {
+	for _, g := range b.loopGroups() {
 		g.schedule()
 	}
+}
+
+// loopGroups is the current list of loop groups. Groups are only ever
+// added (one per loop), so the list is swapped on add and read without a
+// lock or an allocation on every batch.
+func (b *Broadcaster) loopGroups() []*loopGroup {
+	if l := b.groupList.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // notifyBehind wakes only the loops with a consumer left behind: an idle
 // relay does not touch its consumers.
 func (b *Broadcaster) notifyBehind() {
-	b.mu.Lock()
-	groups := make([]*loopGroup, 0, len(b.groups))
-	for _, g := range b.groups {
+	for _, g := range b.loopGroups() {
 		if g.behind.Load() {
-			groups = append(groups, g)
+			g.schedule()
 		}
-	}
-	b.mu.Unlock()
-	for _, g := range groups {
-		g.schedule()
 	}
 }
 
@@ -214,6 +214,8 @@ func (b *Broadcaster) OnOpen(conn *loop.Conn) {
 	if !ok {
 		g = &loopGroup{el: conn.EventLoop(), b: b, consumers: map[*consumer]struct{}{}}
 		b.groups[conn.EventLoop()] = g
+		list := append(slices.Clone(b.loopGroups()), g)
+		b.groupList.Store(&list)
 	}
 	b.all[c.id] = c
 	b.mu.Unlock()

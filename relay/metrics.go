@@ -13,10 +13,11 @@ import (
 type Metrics struct {
 	set *metrics.Set
 
-	mu      sync.Mutex
-	dropped map[string]*metrics.Counter
-	in      map[string]*metrics.Counter
-	out     map[string]*metrics.Counter
+	// Labelled counters by label value. sync.Map: the per-event lookups
+	// (events in and out by type) read without a lock.
+	dropped sync.Map
+	in      sync.Map
+	out     sync.Map
 
 	fsyncSeconds    *metrics.Histogram
 	sequenceSeconds *metrics.Histogram
@@ -25,7 +26,7 @@ type Metrics struct {
 	sequencerFailed *metrics.Counter
 
 	consumersConnected *metrics.Counter
-	consumersKicked    map[string]*metrics.Counter
+	consumersKicked    sync.Map
 	framesDelivered    *metrics.Counter
 	bytesDelivered     *metrics.Counter
 	replayBytes        *metrics.Counter
@@ -49,10 +50,6 @@ func NewMetrics() *Metrics {
 	s := metrics.NewSet()
 	m := &Metrics{
 		set:             s,
-		dropped:         map[string]*metrics.Counter{},
-		in:              map[string]*metrics.Counter{},
-		out:             map[string]*metrics.Counter{},
-		consumersKicked: map[string]*metrics.Counter{},
 		fsyncSeconds:    s.NewHistogram("relay_eventlog_fsync_seconds"),
 		sequenceSeconds: s.NewHistogram("relay_sequencer_batch_seconds"),
 		sequencerBatch:  s.NewHistogram("relay_sequencer_batch_events"),
@@ -75,35 +72,32 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-func (m *Metrics) labelled(cache map[string]*metrics.Counter, format, v string) *metrics.Counter {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	c, ok := cache[v]
-	if !ok {
-		c = m.set.GetOrCreateCounter(fmt.Sprintf(format, v))
-		cache[v] = c
+func (m *Metrics) labelled(cache *sync.Map, format, v string) *metrics.Counter {
+	if c, ok := cache.Load(v); ok {
+		return c.(*metrics.Counter)
 	}
-	return c
+	c, _ := cache.LoadOrStore(v, m.set.GetOrCreateCounter(fmt.Sprintf(format, v)))
+	return c.(*metrics.Counter)
 }
 
 // Dropped is relay_events_dropped_total{reason}.
 func (m *Metrics) Dropped(reason string) *metrics.Counter {
-	return m.labelled(m.dropped, `relay_events_dropped_total{reason=%q}`, reason)
+	return m.labelled(&m.dropped, `relay_events_dropped_total{reason=%q}`, reason)
 }
 
 // EventsIn is relay_events_in_total{type}: events received from hosts.
 func (m *Metrics) EventsIn(t string) *metrics.Counter {
-	return m.labelled(m.in, `relay_events_in_total{type=%q}`, t)
+	return m.labelled(&m.in, `relay_events_in_total{type=%q}`, t)
 }
 
 // EventsOut is relay_events_out_total{type}: events sequenced (durable).
 func (m *Metrics) EventsOut(t string) *metrics.Counter {
-	return m.labelled(m.out, `relay_events_out_total{type=%q}`, t)
+	return m.labelled(&m.out, `relay_events_out_total{type=%q}`, t)
 }
 
 // ConsumerClosed is relay_consumers_closed_total{reason}.
 func (m *Metrics) ConsumerClosed(reason string) *metrics.Counter {
-	return m.labelled(m.consumersKicked, `relay_consumers_closed_total{reason=%q}`, reason)
+	return m.labelled(&m.consumersKicked, `relay_consumers_closed_total{reason=%q}`, reason)
 }
 
 // Gauge registers a gauge computed at scrape time.
