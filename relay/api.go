@@ -115,6 +115,6 @@ func (r *Relay) addStats(s *Stats) {
 	s.Ingest = map[string]any{
 		"workerQueue":    r.ing.QueueLen(),
 		"hostsConnected": r.hosts.connectedCount(),
-		"hostsKnown":     len(r.hosts.Hosts()),
+		"hostsKnown":     r.hosts.hostCount(),
 	}
 }

@@ -206,14 +206,8 @@ func (m *HostManager) connectedCount() int {
 }
 
 func (m *HostManager) countStatus(s meta.HostStatus) int {
-	m.mu.Lock()
-	hosts := make([]*hostConn, 0, len(m.hosts))
-	for _, h := range m.hosts {
-		hosts = append(hosts, h)
-	}
-	m.mu.Unlock()
 	n := 0
-	for _, h := range hosts {
+	for _, h := range m.allHosts() {
 		if h.status() == s {
 			n++
 		}
@@ -630,14 +624,16 @@ func (m *HostManager) close() {
 	}
 }
 
+// hostCount is the number of tracked hosts.
+func (m *HostManager) hostCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.hosts)
+}
+
 // Hosts lists hosts with their live state.
 func (m *HostManager) Hosts() []HostInfo {
-	m.mu.Lock()
-	hosts := make([]*hostConn, 0, len(m.hosts))
-	for _, h := range m.hosts {
-		hosts = append(hosts, h)
-	}
-	m.mu.Unlock()
+	hosts := m.allHosts()
 	out := make([]HostInfo, 0, len(hosts))
 	for _, h := range hosts {
 		out = append(out, h.info())
