@@ -137,7 +137,7 @@ func (s *Sequencer) run() {
 			time.Sleep(s.interval)
 		}
 		batch = append(batch[:0], ev)
-		size := 0
+		size := approxFrameSize(ev.Body)
 	drain:
 		for len(batch) < maxBatchEvents && size < maxBatchBytes {
 			select {
@@ -146,7 +146,7 @@ func (s *Sequencer) run() {
 					break drain
 				}
 				batch = append(batch, ev)
-				size += 1024
+				size += approxFrameSize(ev.Body)
 			default:
 				break drain
 			}
@@ -214,6 +214,19 @@ func (s *Sequencer) fatal(err error) {
 	s.err = err
 	s.metrics.sequencerFailed.Set(1)
 	// Unblock submitters: they get ErrSequencerClosed through done.
+}
+
+// approxFrameSize estimates an event's encoded size from its bulk (CAR
+// blocks, ops) without encoding it, to bound a group commit's bytes.
+func approxFrameSize(body cbg.CBORMarshaler) int {
+	const fixed = 256 // header, DID, rev, time, CIDs
+	switch b := body.(type) {
+	case *comatproto.SyncSubscribeRepos_Commit:
+		return fixed + len(b.Blocks) + 128*len(b.Ops)
+	case *comatproto.SyncSubscribeRepos_Sync:
+		return fixed + len(b.Blocks)
+	}
+	return fixed
 }
 
 // setSeq sets the relay seq on an outgoing body and returns its frame type.
