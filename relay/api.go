@@ -20,6 +20,8 @@ const (
 	ErrNameHostNotFound  = "HostNotFound"
 	ErrNameHostBanned    = "HostBanned"
 	ErrNameRepoTakendown = "RepoTakendown"
+	// ErrNameTooManyConsumers: subscribeRepos refused at RELAY_MAX_CONSUMERS.
+	ErrNameTooManyConsumers = "TooManyConsumers"
 )
 
 // xrpcError is the JSON error body of every failed request.
@@ -66,6 +68,11 @@ func (r *Relay) handleSubscribeRepos(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 		cursor = v
+	}
+	if r.cfg.MaxConsumers > 0 && r.bc.Count() >= r.cfg.MaxConsumers {
+		r.metrics.Counter("relay_consumers_refused_total").Inc()
+		writeError(w, http.StatusServiceUnavailable, ErrNameTooManyConsumers, "the relay serves its maximum number of consumers; retry later")
+		return
 	}
 	if err := r.bc.Subscribe(w, req, cursor); err != nil {
 		r.logger.Debug("subscribeRepos upgrade failed", "remote", req.RemoteAddr, "err", err)

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -327,5 +328,24 @@ func TestCheckLoggedFrame(t *testing.T) {
 		if err := checkLoggedFrame(p); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+func TestMaxConsumersRefusedBeforeUpgrade(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConsumers = 2
+	r := startRelay(t, cfg)
+	dialConsumer(t, r.Addr(), "")
+	dialConsumer(t, r.Addr(), "")
+	waitConsumers(t, r, 2)
+	resp, err := http.Get("http://" + r.Addr() + "/xrpc/com.atproto.sync.subscribeRepos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Error string }
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != http.StatusServiceUnavailable || body.Error != ErrNameTooManyConsumers {
+		t.Fatalf("third consumer: %d %q, want 503 %s", resp.StatusCode, body.Error, ErrNameTooManyConsumers)
 	}
 }

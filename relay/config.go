@@ -45,6 +45,9 @@ type Config struct {
 	// ConsumerMaxLag is how many events a live consumer may fall behind the
 	// head before it is sent ConsumerTooSlow and closed.
 	ConsumerMaxLag int64
+	// MaxConsumers bounds firehose connections; past it subscribeRepos
+	// answers 503 TooManyConsumers before the upgrade. 0 = no limit.
+	MaxConsumers int
 	// ConsumerOutboundCap bounds the bytes queued on one consumer socket.
 	ConsumerOutboundCap int
 	// FsyncInterval is the longest the sequencer waits to group events into
@@ -76,6 +79,7 @@ const (
 	DefaultRingSize            = 1 << 16 // 65,536 recent frames (~60 MB at 1 KB/frame)
 	DefaultConsumerMaxLag      = 1 << 20 // about 30 minutes at 600 ev/s
 	DefaultConsumerOutboundCap = 4 << 20 // 4 MiB queued per consumer socket
+	DefaultMaxConsumers        = 20_000  // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
 	DefaultFsyncInterval       = 0
 	DefaultIngestStallTimeout  = 5 * time.Minute
 	DefaultNewHostsPerDay      = 50
@@ -97,6 +101,7 @@ func DefaultConfig() Config {
 		RingSize:            DefaultRingSize,
 		ConsumerMaxLag:      DefaultConsumerMaxLag,
 		ConsumerOutboundCap: DefaultConsumerOutboundCap,
+		MaxConsumers:        DefaultMaxConsumers,
 		FsyncInterval:       DefaultFsyncInterval,
 		IngestStallTimeout:  DefaultIngestStallTimeout,
 		NewHostsPerDay:      DefaultNewHostsPerDay,

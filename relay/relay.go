@@ -131,7 +131,13 @@ func (r *Relay) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", r.cfg.Listen, err)
 	}
-	r.httpSrv = &http.Server{Handler: r.apiHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+	r.httpSrv = &http.Server{
+		Handler: r.apiHandler(), MaxHeaderBytes: maxHeaderBytes,
+		// A slow client cannot hold a handler goroutine: headers in 10 s,
+		// the whole request in 30 s, an idle keep-alive for 2 minutes.
+		// Firehose sockets leave net/http at the upgrade.
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+	}
 	r.started = time.Now()
 	r.serve(r.httpSrv, r.ln)
 	if r.cfg.MetricsListen != "" {

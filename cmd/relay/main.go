@@ -121,6 +121,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	integer(&cfg.RingSize, "ring-size", "RELAY_RING_SIZE", "recent frames kept in memory")
 	maxLag := int(cfg.ConsumerMaxLag)
 	integer(&maxLag, "consumer-max-lag", "RELAY_CONSUMER_MAX_LAG", "events a live consumer may lag before ConsumerTooSlow")
+	integer(&cfg.MaxConsumers, "max-consumers", "RELAY_MAX_CONSUMERS", "firehose connections served at once (0: no limit)")
 	integer(&cfg.ConsumerOutboundCap, "consumer-outbound-bytes", "RELAY_CONSUMER_OUTBOUND_BYTES", "bytes queued per consumer socket")
 	integer(&cfg.NewHostsPerDay, "new-hosts-per-day", "RELAY_NEW_HOSTS_PER_DAY", "requestCrawl limit on new hosts per day")
 	boolean(&cfg.InversionEnforced, "enforce-inversion", "RELAY_ENFORCE_INVERSION", "drop commits whose MST inversion fails (false: count them only)")
