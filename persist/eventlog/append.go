@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,11 +33,14 @@ func (l *Log) Append(recs []Record) error {
 		if len(r.Payload) > MaxPayloadSize {
 			return fmt.Errorf("%w: seq %d payload of %d bytes exceeds %d", ErrInvalidRecord, r.Seq, len(r.Payload), MaxPayloadSize)
 		}
-		if r.Flags&^knownFlags != 0 {
+		if len(r.Meta) > MaxMetaSize {
+			return fmt.Errorf("%w: seq %d meta of %d bytes exceeds %d", ErrInvalidRecord, r.Seq, len(r.Meta), MaxMetaSize)
+		}
+		if r.Flags&^knownFlags != 0 || (r.Flags&FlagMeta != 0 && len(r.Meta) == 0) {
 			return fmt.Errorf("%w: seq %d unknown flags %#x", ErrInvalidRecord, r.Seq, r.Flags)
 		}
 		prev = r.Seq
-		bytes += HeaderSize + len(r.Payload)
+		bytes += HeaderSize + r.storedLen()
 	}
 	for i := range recs {
 		if err := l.appendOne(&recs[i]); err != nil {
@@ -54,7 +58,7 @@ func (l *Log) Append(recs []Record) error {
 // appendOne writes one validated record into the buffer, rolling to a new
 // segment first if the active one is full. Called with wmu held.
 func (l *Log) appendOne(r *Record) error {
-	recSize := HeaderSize + int64(len(r.Payload))
+	recSize := HeaderSize + int64(r.storedLen())
 	s := l.active
 	switch {
 	case s == nil:
@@ -74,9 +78,23 @@ func (l *Log) appendOne(r *Record) error {
 	}
 	s = l.active
 	off := s.size.Load()
-	putHeader(l.hdr[:], r.Flags, r.Kind, len(r.Payload), r.UID, r.Seq)
+	flags := r.Flags
+	if len(r.Meta) > 0 {
+		flags |= FlagMeta
+	}
+	putHeader(l.hdr[:], flags, r.Kind, r.storedLen(), r.UID, r.Seq)
 	if _, err := l.w.Write(l.hdr[:]); err != nil {
 		return fmt.Errorf("eventlog: write %s: %w", s.path, err)
+	}
+	if len(r.Meta) > 0 {
+		var ml [2]byte
+		binary.LittleEndian.PutUint16(ml[:], uint16(len(r.Meta)))
+		if _, err := l.w.Write(ml[:]); err != nil {
+			return fmt.Errorf("eventlog: write %s: %w", s.path, err)
+		}
+		if _, err := l.w.Write(r.Meta); err != nil {
+			return fmt.Errorf("eventlog: write %s: %w", s.path, err)
+		}
 	}
 	if _, err := l.w.Write(r.Payload); err != nil {
 		return fmt.Errorf("eventlog: write %s: %w", s.path, err)

@@ -41,9 +41,20 @@ const HeaderSize = 28
 // Readers skip such records.
 const FlagTakedown uint32 = 1
 
+// FlagMeta marks a record that carries a meta section before its payload:
+// on disk the payload area is a little-endian u16 meta length, the meta
+// bytes, then the payload. The log does not interpret meta; the relay
+// keeps in it what crash recovery needs to rebuild derived state (source
+// host, upstream seq, the repo head an event moves to). Takedown zero-fills
+// only the payload, so meta survives it.
+const FlagMeta uint32 = 2
+
 // knownFlags are the flag bits a record may carry. Any other bit in a header
 // means the bytes are not a record (recovery treats them as a torn tail).
-const knownFlags = FlagTakedown
+const knownFlags = FlagTakedown | FlagMeta
+
+// MaxMetaSize bounds a record's meta section (its length is a u16).
+const MaxMetaSize = 1<<16 - 1
 
 const (
 	// DefaultSegmentMaxEvents is the number of records after which a new
@@ -101,12 +112,24 @@ var (
 )
 
 // Record is one event. Payload is the complete outgoing event-stream
-// message (CBOR header and body carrying Seq).
+// message (CBOR header and body carrying Seq). Meta, when not empty, is
+// stored beside it (FlagMeta) and returned by reads, never mixed into
+// Payload; Append sets FlagMeta itself.
 type Record struct {
 	Flags, Kind uint32
 	UID         uint64
 	Seq         int64
 	Payload     []byte
+	Meta        []byte
+}
+
+// storedLen is the length field of the record's header: payload, plus the
+// meta section if any.
+func (r *Record) storedLen() int {
+	if len(r.Meta) == 0 {
+		return len(r.Payload)
+	}
+	return 2 + len(r.Meta) + len(r.Payload)
 }
 
 // Options configure a Log. Zero values select the defaults.

@@ -78,6 +78,7 @@ func readAll(t testing.TB, l *Log, cursor int64, maxBytes int) []Record {
 	for {
 		last, err := l.ReadAfter(cursor, maxBytes, func(r Record) error {
 			r.Payload = bytes.Clone(r.Payload)
+			r.Meta = bytes.Clone(r.Meta)
 			out = append(out, r)
 			return nil
 		})

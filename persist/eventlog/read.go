@@ -21,6 +21,17 @@ import (
 // fn returns, so fn must copy what it keeps. No lock is held while fn runs.
 // Safe for concurrent use with every other method.
 func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (last int64, err error) {
+	return l.readAfter(cursor, maxBytes, false, fn)
+}
+
+// ScanAfter is ReadAfter that also passes records with FlagTakedown (their
+// Payload is zero-filled; their Meta is intact). Crash recovery uses it:
+// what a record's meta says about its source still holds after a takedown.
+func (l *Log) ScanAfter(cursor int64, maxBytes int, fn func(r Record) error) (last int64, err error) {
+	return l.readAfter(cursor, maxBytes, true, fn)
+}
+
+func (l *Log) readAfter(cursor int64, maxBytes int, all bool, fn func(r Record) error) (last int64, err error) {
 	if l.isClosed.Load() {
 		return cursor, ErrClosed
 	}
@@ -29,6 +40,7 @@ func (l *Log) ReadAfter(cursor int64, maxBytes int, fn func(r Record) error) (la
 		last:   cursor,
 		dur:    l.durable.Load(),
 		budget: int64(maxBytes),
+		all:    all,
 	}
 	if rd.last >= rd.dur {
 		return rd.last, nil
@@ -108,6 +120,7 @@ type reader struct {
 	last   int64 // seq of the last record visited
 	dur    int64 // DurableSeq when the call started: the read stops there
 	budget int64 // bytes left before stopping
+	all    bool  // pass taken-down records too
 	chunk  int   // preferred pread size
 	buf    []byte
 	big    []byte // one-off buffer for a record larger than buf
@@ -149,7 +162,7 @@ func (rd *reader) readSegment(s *segment, f *os.File, fn func(Record) error) (do
 			off += size
 			continue
 		}
-		if h.flags&FlagTakedown == 0 {
+		if h.flags&FlagTakedown == 0 || rd.all {
 			if int64(len(p)) < size {
 				// Re-read header and payload in one pread so a concurrent
 				// Takedown is seen whole or not at all, then parse again.
@@ -158,7 +171,11 @@ func (rd *reader) readSegment(s *segment, f *os.File, fn func(Record) error) (do
 				}
 				continue
 			}
-			r := Record{Flags: h.flags, Kind: h.kind, UID: h.uid, Seq: h.seq, Payload: p[HeaderSize:size:size]}
+			meta, payload, ok := splitStored(h.flags, p[HeaderSize:size:size])
+			if !ok {
+				return true, fmt.Errorf("%w: %s: bad meta section at offset %d", ErrCorrupt, f.Name(), off)
+			}
+			r := Record{Flags: h.flags &^ FlagMeta, Kind: h.kind, UID: h.uid, Seq: h.seq, Payload: payload, Meta: meta}
 			if err := fn(r); err != nil {
 				return true, err
 			}

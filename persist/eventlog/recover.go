@@ -8,6 +8,10 @@ import (
 	"os"
 )
 
+// recoveryReader is how recovery reads the newest segment; tests replace
+// it to inject read errors.
+var recoveryReader = func(f *os.File) io.ReaderAt { return f }
+
 // recoverTail scans the newest segment, truncates whatever follows its last
 // whole record (a write torn by a crash, or garbage), builds its index and
 // opens it for appending. It returns the seq of the last whole record, or 0
@@ -31,14 +35,26 @@ func (l *Log) recoverTail(s *segment) (int64, error) {
 		count   int
 		idx     []indexEntry
 	)
-	var payload []byte
-	end, err := scanHeaders(f, size, s.firstSeq, *bp, func(h header, off int64) error {
+	var stored []byte
+	ra := recoveryReader(f)
+	end, err := scanHeaders(ra, f.Name(), size, s.firstSeq, *bp, func(h header, off int64) error {
 		if l.opts.CheckPayload != nil && h.flags&FlagTakedown == 0 {
-			if cap(payload) < int(h.length) {
-				payload = make([]byte, h.length)
+			if cap(stored) < int(h.length) {
+				stored = make([]byte, h.length)
 			}
-			payload = payload[:h.length]
-			if _, err := f.ReadAt(payload, off+HeaderSize); err != nil {
+			stored = stored[:h.length]
+			if n, err := ra.ReadAt(stored, off+HeaderSize); n < len(stored) {
+				// scanHeaders saw the whole record within the file's size,
+				// so only an I/O error can make this short: that is not a
+				// torn tail, and the file must not be truncated for it.
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return fmt.Errorf("eventlog: read %s at offset %d: %w", s.path, off, err)
+			}
+			_, payload, ok := splitStored(h.flags, stored)
+			if !ok {
+				l.logger.Warn("event log record has a bad meta section", "segment", s.path, "seq", h.seq)
 				return errTorn
 			}
 			if err := l.opts.CheckPayload(payload); err != nil {

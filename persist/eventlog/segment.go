@@ -50,7 +50,39 @@ func decodeHeader(b []byte) header {
 // The format has no checksum; these checks reject zeros, torn headers and
 // random bytes (the flags word alone passes by chance once in 2^31).
 func (h header) plausible(prev int64) bool {
-	return h.flags&^knownFlags == 0 && h.length <= MaxPayloadSize && h.seq > prev
+	if h.flags&FlagMeta != 0 && h.length < 3 {
+		return false
+	}
+	return h.flags&^knownFlags == 0 && h.length <= maxStoredLen && h.seq > prev
+}
+
+// maxStoredLen bounds a header's length field: the largest payload plus
+// the largest meta section.
+const maxStoredLen = MaxPayloadSize + 2 + MaxMetaSize
+
+// splitStored separates a record's stored bytes (what follows its header)
+// into meta and payload. ok is false when a meta section does not fit.
+func splitStored(flags uint32, stored []byte) (meta, payload []byte, ok bool) {
+	if flags&FlagMeta == 0 {
+		return nil, stored, true
+	}
+	if len(stored) < 2 {
+		return nil, nil, false
+	}
+	n := int(binary.LittleEndian.Uint16(stored))
+	if n == 0 || 2+n > len(stored) {
+		return nil, nil, false
+	}
+	return stored[2 : 2+n : 2+n], stored[2+n:], true
+}
+
+// payloadOffset is where a record's payload starts, relative to the
+// record, given its stored bytes' first two (the meta length, if any).
+func payloadOffset(flags uint32, metaLen uint16) int64 {
+	if flags&FlagMeta == 0 {
+		return HeaderSize
+	}
+	return HeaderSize + 2 + int64(metaLen)
 }
 
 // recordSize is the on-disk size of a record with this header.
@@ -65,7 +97,11 @@ var errTorn = errors.New("eventlog: torn record")
 // header that is short, implausible (see header.plausible, with seqs at
 // least minSeq) or whose payload runs past size, and with fn's error if fn
 // fails.
-func scanHeaders(f *os.File, size, minSeq int64, buf []byte, fn func(h header, off int64) error) (int64, error) {
+//
+// Only a record that runs past size (the physical end of the file) is torn;
+// a read that fails for another reason is returned as an error, never as a
+// torn tail, so the caller cannot truncate good records for it.
+func scanHeaders(f io.ReaderAt, name string, size, minSeq int64, buf []byte, fn func(h header, off int64) error) (int64, error) {
 	var (
 		off      int64
 		chunkOff int64
@@ -82,11 +118,13 @@ func scanHeaders(f *os.File, size, minSeq int64, buf []byte, fn func(h header, o
 				want = size - off
 			}
 			m, err := f.ReadAt(buf[:want], off)
-			if m < HeaderSize {
-				if err != nil && err != io.EOF {
-					return off, fmt.Errorf("eventlog: read %s: %w", f.Name(), err)
+			if int64(m) < want {
+				// want never passes size: a short read is an I/O error (or
+				// the file shrank under us), not a torn record.
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
 				}
-				return off, errTorn
+				return off, fmt.Errorf("eventlog: read %s at offset %d: %w", name, off, err)
 			}
 			chunkOff, n = off, m
 		}
@@ -144,7 +182,7 @@ func (s *segment) buildIndex(f *os.File, buf []byte) error {
 	var count int
 	idx := s.idx[:0]
 	size := s.durSize.Load()
-	end, err := scanHeaders(f, size, s.firstSeq, buf, func(h header, off int64) error {
+	end, err := scanHeaders(f, f.Name(), size, s.firstSeq, buf, func(h header, off int64) error {
 		if count%indexInterval == 0 {
 			idx = append(idx, indexEntry{seq: h.seq, off: off})
 		}

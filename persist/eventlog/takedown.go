@@ -100,7 +100,7 @@ func (l *Log) takedownSegment(s *segment, size int64, uid uint64, buf []byte, se
 		return 0, fmt.Errorf("eventlog: %w", err)
 	}
 	var targets []takedownTarget
-	end, err := scanHeaders(f, size, first, buf, func(h header, off int64) error {
+	end, err := scanHeaders(f, path, size, first, buf, func(h header, off int64) error {
 		if h.uid == uid {
 			targets = append(targets, takedownTarget{off: off, flags: h.flags, length: h.length})
 		}
@@ -143,8 +143,22 @@ func (l *Log) takedownSegment(s *segment, size int64, uid uint64, buf []byte, se
 	// Phase 2: zero the payloads.
 	l.scrub.Lock()
 	for _, t := range targets {
-		pos := t.off + HeaderSize
-		for left := int64(t.length); left > 0; {
+		// Only the payload is zeroed: a meta section (the record's source,
+		// which crash recovery reads) is kept.
+		var ml [2]byte
+		if t.flags&FlagMeta != 0 {
+			if _, err := f.ReadAt(ml[:], t.off+HeaderSize); err != nil {
+				l.scrub.Unlock()
+				return 0, fmt.Errorf("eventlog: takedown %s: %w", path, err)
+			}
+		}
+		start := payloadOffset(t.flags, binary.LittleEndian.Uint16(ml[:]))
+		if start-HeaderSize > int64(t.length) {
+			l.scrub.Unlock()
+			return 0, fmt.Errorf("%w: %s: bad meta section at offset %d", ErrCorrupt, path, t.off)
+		}
+		pos := t.off + start
+		for left := int64(t.length) - (start - HeaderSize); left > 0; {
 			w := min(left, int64(len(zeroBlock)))
 			if _, err := f.WriteAt(zeroBlock[:w], pos); err != nil {
 				l.scrub.Unlock()
