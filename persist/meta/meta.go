@@ -118,6 +118,47 @@ type RepoState struct {
 	DataCID   string
 }
 
+// StatusChange is an account's local and upstream status as an event in
+// the log set them.
+type StatusChange struct {
+	UID            uint64
+	Status         AccountStatus
+	UpstreamStatus AccountStatus
+}
+
+// LastStatuses returns the last change of each UID in changes, in the
+// order of first appearance.
+func LastStatuses(changes []StatusChange) []StatusChange {
+	if len(changes) < 2 {
+		return changes
+	}
+	at := make(map[uint64]int, len(changes))
+	out := make([]StatusChange, 0, len(changes))
+	for _, c := range changes {
+		if i, ok := at[c.UID]; ok {
+			out[i] = c
+			continue
+		}
+		at[c.UID] = len(out)
+		out = append(out, c)
+	}
+	return out
+}
+
+// Checkpoint is the metadata derived from the relay's event log through
+// the record Seq: repo heads, account statuses, host cursors, and the
+// relay's per-host resume detail (opaque to the store). The event log is
+// the source of truth; a checkpoint only saves replaying it. After a crash
+// the relay replays the log past the last checkpoint and writes the
+// result as a new one.
+type Checkpoint struct {
+	Seq      int64
+	Repos    []RepoState
+	Statuses []StatusChange
+	Cursors  map[uint64]int64
+	Resume   []byte
+}
+
 // Store persists relay metadata. Implementations are safe for concurrent
 // use, except that Close must not race with other calls: the relay stops
 // its writers before closing the store. After Close, methods return
@@ -167,6 +208,17 @@ type Store interface {
 	// PutRepoStates upserts many repo heads in one durable batch. When a
 	// UID appears more than once, the last entry wins.
 	PutRepoStates(ctx context.Context, states []RepoState) error
+
+	// WriteCheckpoint applies cp's repo heads, statuses and cursors and
+	// records cp.Seq and cp.Resume, all in one atomic, durable write:
+	// after a crash either all of it is stored or none. Unknown UIDs and
+	// host IDs are skipped. When a UID appears more than once, the last
+	// entry wins. A Seq below the stored one is stored as given (recovery
+	// may rewrite a checkpoint).
+	WriteCheckpoint(ctx context.Context, cp *Checkpoint) error
+	// ReadCheckpoint returns the Seq and Resume of the last checkpoint,
+	// or 0 and nil when none was written.
+	ReadCheckpoint(ctx context.Context) (seq int64, resume []byte, err error)
 
 	// ListDomainBans returns every banned domain, ascending.
 	ListDomainBans(ctx context.Context) ([]string, error)

@@ -44,6 +44,7 @@ func RunWithReopen(t *testing.T, open OpenFunc, reopen ReopenFunc) {
 		{"AccountUpdateMove", testAccountUpdateMove},
 		{"AccountConcurrentCreate", testAccountConcurrentCreate},
 		{"RepoStates", testRepoStates},
+		{"Checkpoint", testCheckpoint},
 		{"DomainBans", testDomainBans},
 		{"Progress", testProgress},
 		{"ListLimits", testListLimits},
@@ -804,4 +805,67 @@ func testReopen(t *testing.T, s meta.Store, reopen ReopenFunc) {
 		t.Fatalf("UID after reopen %d not above %d", c.UID, b.UID)
 	}
 	wantErr(t, "duplicate DID after reopen", s.CreateAccount(ctx(t), &meta.Account{DID: a.DID, HostID: h3.ID}), meta.ErrExists)
+}
+
+func testCheckpoint(t *testing.T, s meta.Store) {
+	seq, resume, err := s.ReadCheckpoint(ctx(t))
+	if err != nil || seq != 0 || resume != nil {
+		t.Fatalf("ReadCheckpoint(none) = %d, %q, %v; want 0, nil, nil", seq, resume, err)
+	}
+	h := mustHost(t, s, "cp.example.com")
+	a := mustAccount(t, s, "did:plc:checkpointa", h.ID)
+	b := mustAccount(t, s, "did:plc:checkpointb", h.ID)
+	cp := &meta.Checkpoint{
+		Seq: 41,
+		Repos: []meta.RepoState{
+			{UID: a.UID, Rev: "r1", CommitCID: "c1", DataCID: "d1"},
+			{UID: b.UID, Rev: "r2", CommitCID: "c2", DataCID: "d2"},
+			{UID: a.UID, Rev: "r3", CommitCID: "c3", DataCID: "d3"}, // last wins
+		},
+		Statuses: []meta.StatusChange{
+			{UID: a.UID, Status: meta.AccountActive, UpstreamStatus: meta.AccountDeactivated},
+			{UID: b.UID, Status: meta.AccountTakendown, UpstreamStatus: meta.AccountActive},
+			{UID: a.UID, Status: meta.AccountActive, UpstreamStatus: meta.AccountDeleted}, // last wins
+			{UID: 999999, Status: meta.AccountTakendown},                                  // unknown: skipped
+		},
+		Cursors: map[uint64]int64{h.ID: 1234, 999999: 5},
+		Resume:  []byte("resume detail"),
+	}
+	if err := s.WriteCheckpoint(ctx(t), cp); err != nil {
+		t.Fatal(err)
+	}
+	seq, resume, err = s.ReadCheckpoint(ctx(t))
+	if err != nil || seq != 41 || string(resume) != "resume detail" {
+		t.Fatalf("ReadCheckpoint = %d, %q, %v", seq, resume, err)
+	}
+	rs, err := s.GetRepoState(ctx(t), a.UID)
+	if err != nil || rs.Rev != "r3" || rs.CommitCID != "c3" || rs.DataCID != "d3" {
+		t.Fatalf("repo a = %+v, %v", rs, err)
+	}
+	if rs, err := s.GetRepoState(ctx(t), b.UID); err != nil || rs.Rev != "r2" {
+		t.Fatalf("repo b = %+v, %v", rs, err)
+	}
+	ga, err := s.GetAccount(ctx(t), a.UID)
+	if err != nil || ga.Status != meta.AccountActive || ga.UpstreamStatus != meta.AccountDeleted || ga.HostID != h.ID || ga.DID != a.DID {
+		t.Fatalf("account a = %+v, %v", ga, err)
+	}
+	gb, err := s.GetAccountByDID(ctx(t), b.DID)
+	if err != nil || gb.Status != meta.AccountTakendown || gb.UpstreamStatus != meta.AccountActive {
+		t.Fatalf("account b = %+v, %v", gb, err)
+	}
+	gh, err := s.GetHost(ctx(t), h.ID)
+	if err != nil || gh.Cursor != 1234 || gh.AccountCount != 2 {
+		t.Fatalf("host = %+v, %v", gh, err)
+	}
+	// A later checkpoint with nothing but a seq replaces seq and resume.
+	if err := s.WriteCheckpoint(ctx(t), &meta.Checkpoint{Seq: 50}); err != nil {
+		t.Fatal(err)
+	}
+	seq, resume, err = s.ReadCheckpoint(ctx(t))
+	if err != nil || seq != 50 || len(resume) != 0 {
+		t.Fatalf("ReadCheckpoint = %d, %q, %v; want 50, empty", seq, resume, err)
+	}
+	if rs, _ := s.GetRepoState(ctx(t), a.UID); rs == nil || rs.Rev != "r3" {
+		t.Fatalf("repo a changed by an empty checkpoint: %+v", rs)
+	}
 }

@@ -17,6 +17,7 @@ import "encoding/binary"
 //	p<key>             backfill progress value
 //	s<name>            last ID assigned by a sequence, 8 bytes
 //	v                  on-disk format version, 8 bytes
+//	c                  derived-state checkpoint: log seq (8 bytes) + resume detail
 const (
 	prefixHost       = 'h'
 	prefixHostName   = 'H'
@@ -27,6 +28,7 @@ const (
 	prefixProgress   = 'p'
 	prefixSequence   = 's'
 	prefixVersion    = 'v'
+	prefixCheckpoint = 'c'
 )
 
 // Suffixes after a host's ID.
@@ -43,6 +45,7 @@ var (
 	keyHostSeq    = []byte{prefixSequence, 'h'}
 	keyAccountSeq = []byte{prefixSequence, 'a'}
 	keyVersion    = []byte{prefixVersion}
+	keyCheckpoint = []byte{prefixCheckpoint}
 )
 
 // idKeyLen is a prefix byte and a big-endian uint64.

@@ -651,3 +651,82 @@ func (slogLogger) Fatalf(format string, args ...any) {
 	slog.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	os.Exit(1)
 }
+
+// WriteCheckpoint implements meta.Store: one batch, one fsync. Status
+// changes rewrite account records, so the batch is built under mu.
+func (s *Store) WriteCheckpoint(_ context.Context, cp *meta.Checkpoint) error {
+	if s.closed.Load() {
+		return meta.ErrClosed
+	}
+	b := s.db.NewBatch()
+	var key [idKeyLen]byte
+	key[0] = prefixRepo
+	var val []byte
+	for i := range cp.Repos {
+		binary.BigEndian.PutUint64(key[1:], cp.Repos[i].UID)
+		val = encodeRepoState(val[:0], &cp.Repos[i])
+		b.Set(key[:], val, nil)
+	}
+	var word [8]byte
+	for id, cursor := range cp.Cursors {
+		ok, err := s.exists(hostKey(id, hostSuffixRecord))
+		if err != nil {
+			b.Close()
+			return err
+		}
+		if ok {
+			binary.BigEndian.PutUint64(word[:], uint64(cursor))
+			b.Set(hostKey(id, hostSuffixCursor), word[:], nil)
+		}
+	}
+	val = binary.BigEndian.AppendUint64(val[:0], uint64(cp.Seq))
+	val = append(val, cp.Resume...)
+	b.Set(keyCheckpoint, val, nil)
+
+	s.mu.Lock()
+	for _, c := range meta.LastStatuses(cp.Statuses) {
+		rec, err := s.getAccount(c.UID)
+		if errors.Is(err, meta.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			s.mu.Unlock()
+			b.Close()
+			return err
+		}
+		rec.Status = meta.DefaultAccountStatus(c.Status)
+		rec.UpstreamStatus = meta.DefaultAccountStatus(c.UpstreamStatus)
+		s.scratch = encodeAccount(s.scratch[:0], rec)
+		b.Set(idKey(prefixAccount, c.UID), s.scratch, nil)
+	}
+	err := s.applyLocked(b)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.syncWAL()
+	}
+	if err != nil {
+		return fmt.Errorf("pebblestore: write checkpoint: %w", err)
+	}
+	return nil
+}
+
+// ReadCheckpoint implements meta.Store.
+func (s *Store) ReadCheckpoint(_ context.Context) (int64, []byte, error) {
+	if s.closed.Load() {
+		return 0, nil, meta.ErrClosed
+	}
+	var seq int64
+	var resume []byte
+	err := s.get(keyCheckpoint, func(v []byte) error {
+		if len(v) < 8 {
+			return fmt.Errorf("pebblestore: checkpoint of %d bytes", len(v))
+		}
+		seq = int64(binary.BigEndian.Uint64(v))
+		resume = append([]byte(nil), v[8:]...)
+		return nil
+	})
+	if errors.Is(err, meta.ErrNotFound) {
+		return 0, nil, nil
+	}
+	return seq, resume, err
+}

@@ -492,3 +492,91 @@ func (s *Store) Close() error {
 	}
 	return nil
 }
+
+// WriteCheckpoint implements meta.Store in one transaction: repo heads,
+// statuses and cursors as set-based statements, then the checkpoint row.
+func (s *Store) WriteCheckpoint(ctx context.Context, cp *meta.Checkpoint) error {
+	if s.closed.Load() {
+		return meta.ErrClosed
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("pgstore: write checkpoint: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	if n := len(cp.Repos); n > 0 {
+		uids := make([]int64, n)
+		revs, commits, datas := make([]string, n), make([]string, n), make([]string, n)
+		for i := range cp.Repos {
+			uids[i] = int64(cp.Repos[i].UID)
+			revs[i], commits[i], datas[i] = cp.Repos[i].Rev, cp.Repos[i].CommitCID, cp.Repos[i].DataCID
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO account_repo (uid, rev, commit_cid, data_cid)
+			SELECT DISTINCT ON (uid) uid, rev, commit_cid, data_cid
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS b(uid, rev, commit_cid, data_cid, n)
+			ORDER BY uid, n DESC
+			ON CONFLICT (uid) DO UPDATE SET rev = excluded.rev, commit_cid = excluded.commit_cid, data_cid = excluded.data_cid`,
+			uids, revs, commits, datas); err != nil {
+			return fmt.Errorf("pgstore: checkpoint repo heads: %w", err)
+		}
+	}
+	if changes := meta.LastStatuses(cp.Statuses); len(changes) > 0 {
+		uids := make([]int64, 0, len(changes))
+		st, up := make([]string, 0, len(changes)), make([]string, 0, len(changes))
+		for _, c := range changes {
+			if validID(c.UID) {
+				uids = append(uids, int64(c.UID))
+				st = append(st, string(meta.DefaultAccountStatus(c.Status)))
+				up = append(up, string(meta.DefaultAccountStatus(c.UpstreamStatus)))
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE account SET status = c.status, upstream_status = c.upstream
+			FROM unnest($1::bigint[], $2::text[], $3::text[]) AS c(uid, status, upstream) WHERE account.uid = c.uid`,
+			uids, st, up); err != nil {
+			return fmt.Errorf("pgstore: checkpoint statuses: %w", err)
+		}
+	}
+	if len(cp.Cursors) > 0 {
+		ids := make([]int64, 0, len(cp.Cursors))
+		seqs := make([]int64, 0, len(cp.Cursors))
+		for id, seq := range cp.Cursors {
+			if validID(id) {
+				ids = append(ids, int64(id))
+				seqs = append(seqs, seq)
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE host SET last_seq = c.seq
+			FROM unnest($1::bigint[], $2::bigint[]) AS c(id, seq) WHERE host.id = c.id`, ids, seqs); err != nil {
+			return fmt.Errorf("pgstore: checkpoint cursors: %w", err)
+		}
+	}
+	resume := cp.Resume
+	if resume == nil {
+		resume = []byte{}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO derived_checkpoint (id, seq, resume) VALUES (true, $1, $2)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, resume = excluded.resume`, cp.Seq, resume); err != nil {
+		return fmt.Errorf("pgstore: checkpoint row: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("pgstore: write checkpoint: %w", err)
+	}
+	return nil
+}
+
+// ReadCheckpoint implements meta.Store.
+func (s *Store) ReadCheckpoint(ctx context.Context) (int64, []byte, error) {
+	if s.closed.Load() {
+		return 0, nil, meta.ErrClosed
+	}
+	var seq int64
+	var resume []byte
+	err := s.pool.QueryRow(ctx, `SELECT seq, resume FROM derived_checkpoint WHERE id`).Scan(&seq, &resume)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("pgstore: read checkpoint: %w", err)
+	}
+	return seq, resume, nil
+}
