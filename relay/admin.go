@@ -207,21 +207,28 @@ func (r *Relay) setLocalStatus(ctx context.Context, did string, status meta.Acco
 			done <- statusChange{uid: st.acct.UID}
 			return
 		}
+		// The status is derived state of the #account frame: the store
+		// gets it with the frame's checkpoint, never ahead of the log.
+		prev := st.acct
 		updated := st.acct
 		updated.Status = status
-		if err := p.ing.store.UpdateAccount(ctx, &updated); err != nil {
-			done <- statusChange{uid: st.acct.UID, err: fmt.Errorf("persist account status: %w", err)}
-			return
-		}
 		st.acct = updated
 		durable := make(chan int64, 1)
 		ev := Outgoing{
 			Kind: KindAccount, UID: frameUID(updated.UID),
-			Body:    accountFrame(&updated, syntax.DatetimeNow().String()),
-			Durable: func(seq int64) { durable <- seq },
+			Body:   accountFrame(&updated, syntax.DatetimeNow().String()),
+			Status: &meta.StatusChange{UID: updated.UID, Status: updated.Status, UpstreamStatus: updated.UpstreamStatus},
+			Done: func(seq int64, err error) {
+				if err == nil {
+					durable <- seq
+				} else {
+					close(durable)
+				}
+			},
 		}
 		if err := r.seq.Submit(ctx, ev); err != nil {
-			done <- statusChange{uid: updated.UID, changed: true, err: fmt.Errorf("emit #account: %w", err)}
+			st.acct = prev
+			done <- statusChange{uid: updated.UID, err: fmt.Errorf("emit #account: %w", err)}
 			return
 		}
 		done <- statusChange{uid: updated.UID, changed: true, durable: durable}
@@ -243,7 +250,10 @@ func waitDurable(ctx context.Context, res statusChange) (int64, error) {
 		return 0, nil
 	}
 	select {
-	case seq := <-res.durable:
+	case seq, ok := <-res.durable:
+		if !ok {
+			return 0, ErrNotDurable
+		}
 		return seq, nil
 	case <-ctx.Done():
 		return 0, fmt.Errorf("%w: %w", ErrNotDurable, ctx.Err())

@@ -456,10 +456,11 @@ func TestAdminTakedown(t *testing.T) {
 			if ev.Did != a.DID || !ev.Active || ev.Status != nil || ev.Seq != res.Seq {
 				t.Fatalf("reverse #account frame %+v (result %+v)", ev, res)
 			}
-			stored, err := n.r.store.GetAccountByDID(context.Background(), a.DID)
-			if err != nil || stored.Status != meta.AccountActive {
-				t.Fatalf("stored after reverse: %+v %v", stored, err)
-			}
+			// The status reaches the store with the frame's checkpoint.
+			waitUntil(t, 5*time.Second, "reversed status stored", func() bool {
+				stored, err := n.r.store.GetAccountByDID(context.Background(), a.DID)
+				return err == nil && stored.Status == meta.AccountActive
+			})
 			p.Emit(mustCommit(t, a, 1))
 			if f := collect(t, live, 1, 10*time.Second)[0]; f.t != "#commit" || f.did != a.DID {
 				t.Fatalf("commit after reverse: %+v", f)

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -69,12 +70,13 @@ func (r *Relay) handleSubscribeRepos(w http.ResponseWriter, req *http.Request) {
 		}
 		cursor = v
 	}
-	if r.cfg.MaxConsumers > 0 && r.bc.Count() >= r.cfg.MaxConsumers {
-		r.metrics.Counter("relay_consumers_refused_total").Inc()
+	err := r.bc.Subscribe(w, req, cursor, r.cfg.MaxConsumers)
+	if errors.Is(err, ErrTooManyConsumers) {
+		r.metrics.consumersRefused.Inc()
 		writeError(w, http.StatusServiceUnavailable, ErrNameTooManyConsumers, "the relay serves its maximum number of consumers; retry later")
 		return
 	}
-	if err := r.bc.Subscribe(w, req, cursor); err != nil {
+	if err != nil {
 		r.logger.Debug("subscribeRepos upgrade failed", "remote", req.RemoteAddr, "err", err)
 	}
 }

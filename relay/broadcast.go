@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -50,6 +51,7 @@ type consumer struct {
 
 	pos       atomic.Int64 // last seq sent (or skipped)
 	sent      atomic.Int64 // frames sent
+	slot      atomic.Bool  // holds one of the broadcaster's consumer slots
 	live      bool         // caught up with the ring once: lag limit applies
 	replaying bool         // a replay step is in flight
 	closed    bool
@@ -88,6 +90,7 @@ type Broadcaster struct {
 	groupList atomic.Pointer[[]*loopGroup] // the groups' values, for Notify
 	all       map[uint64]*consumer
 	nextID    uint64
+	slots     int // consumer slots taken: upgrades in progress and connected
 
 	replayCh chan *consumer
 	stop     chan struct{}
@@ -193,16 +196,41 @@ func (b *Broadcaster) Close() {
 
 // Subscribe upgrades an HTTP request to a consumer connection. cursor < 0
 // means live only. The cursor was validated by the caller.
-func (b *Broadcaster) Subscribe(w http.ResponseWriter, r *http.Request, cursor int64) error {
+//
+// max > 0 bounds the consumers: a slot is taken before the upgrade, under
+// the same lock as the check, so concurrent upgrades cannot exceed it;
+// past it Subscribe returns ErrTooManyConsumers without answering.
+func (b *Broadcaster) Subscribe(w http.ResponseWriter, r *http.Request, cursor int64, max int) error {
 	b.mu.Lock()
+	if max > 0 && b.slots >= max {
+		b.mu.Unlock()
+		return ErrTooManyConsumers
+	}
+	b.slots++
 	b.nextID++
 	c := &consumer{
 		id: b.nextID, remote: r.RemoteAddr, userAgent: r.UserAgent(),
 		since: time.Now(), cursor: cursor,
 	}
+	c.slot.Store(true)
 	b.mu.Unlock()
 	_, err := b.engine.Upgrade(w, r, b, c)
+	if err != nil {
+		b.release(c)
+	}
 	return err
+}
+
+// ErrTooManyConsumers: every consumer slot is taken.
+var ErrTooManyConsumers = errors.New("relay: too many consumers")
+
+// release gives back c's slot, once.
+func (b *Broadcaster) release(c *consumer) {
+	if c.slot.CompareAndSwap(true, false) {
+		b.mu.Lock()
+		b.slots--
+		b.mu.Unlock()
+	}
 }
 
 // OnOpen registers the consumer with its loop and decides where it starts.
@@ -265,6 +293,7 @@ func (b *Broadcaster) OnClose(conn *loop.Conn, err error) {
 	b.mu.Lock()
 	delete(b.all, c.id)
 	b.mu.Unlock()
+	b.release(c)
 	if err != nil {
 		b.logger.Debug("consumer closed", "remote", c.remote, "err", err)
 	}
@@ -397,7 +426,20 @@ func (b *Broadcaster) replayStep(c *consumer) {
 	})
 	*bp = buf
 	if err != nil {
-		b.logger.Error("replay read failed", "err", err, "cursor", from)
+		// Nothing is skipped: the consumer is closed where it stands and
+		// resumes by cursor when it reconnects.
+		b.logger.Error("replay read failed; closing the consumer", "err", err, "cursor", from, "remote", c.remote)
+		b.metrics.replayReadErrors.Inc()
+		putReplayBuf(bp)
+		_ = c.conn.Execute(func(conn *loop.Conn) {
+			c.replaying = false
+			if !c.closed {
+				b.metrics.ConsumerClosed("replay_error").Inc()
+				conn.Close(err)
+				c.closed = true
+			}
+		})
+		return
 	}
 	b.metrics.replayBytes.Add(len(buf))
 	execErr := c.conn.Execute(func(conn *loop.Conn) {
@@ -409,7 +451,7 @@ func (b *Broadcaster) replayStep(c *consumer) {
 		if last > c.pos.Load() {
 			c.pos.Store(last)
 		}
-		if err == nil && frames > 0 {
+		if frames > 0 {
 			c.sent.Add(int64(frames))
 			b.metrics.framesDelivered.Add(frames)
 			c.group.iov = append(c.group.iov[:0], buf)

@@ -28,8 +28,8 @@ func (r *Relay) metricsHandler() http.Handler {
 // sequencer must be running, the store reachable, and ingest not stalled
 // while hosts are connected (coverage is not health).
 func (r *Relay) health(ctx context.Context) string {
-	if r.seq.err != nil {
-		return "event log failed: " + r.seq.err.Error()
+	if err := r.seq.Err(); err != nil {
+		return "event log failed: " + err.Error()
 	}
 	return r.readiness(ctx)
 }

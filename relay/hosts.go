@@ -28,8 +28,6 @@ const (
 	reconnectMax  = 5 * time.Minute
 	// idleRetry is how long a host that answered FutureCursor waits.
 	idleRetry = 10 * time.Minute
-	// cursorFlushInterval is how often host cursors are persisted.
-	cursorFlushInterval = 4 * time.Second
 	// hostWriteTimeout bounds one store write of a host record.
 	hostWriteTimeout = 5 * time.Second
 	// dialTimeout bounds the TCP, TLS and WebSocket handshakes.
@@ -57,6 +55,9 @@ var (
 	ErrUpstreamFuture  = errors.New("relay: host says our cursor is in its future")
 	ErrUpstreamError   = errors.New("relay: host sent an error frame")
 	ErrHostUnavailable = errors.New("relay: host is not reachable")
+	// ErrNotSequenced closes a host whose accepted event could not be made
+	// durable: it resumes from its cursor.
+	ErrNotSequenced = errors.New("relay: an accepted event of the host was not sequenced")
 )
 
 // hostConn is one PDS host: its record, its connection and its progress.
@@ -84,7 +85,6 @@ type hostConn struct {
 	lastEvent  atomic.Int64 // unix nanos of the last message
 
 	tracker seqTracker
-	flushed int64 // last persisted cursor (flusher goroutine only)
 }
 
 func (h *hostConn) status() meta.HostStatus {
@@ -100,6 +100,17 @@ func (h *hostConn) countDrop(reason string) {
 }
 
 func (h *hostConn) done(seq int64) { h.tracker.done(seq) }
+
+// abandon handles an accepted event that will never be durable (the
+// sequencer failed or closed): the tracker rewinds to the host's cursor
+// and the connection is closed, so the host resends from there instead
+// of its cursor waiting for the event forever.
+func (h *hostConn) abandon(cause error) {
+	h.tracker.rewind()
+	if c := h.conn.Load(); c != nil {
+		_ = c.Execute(func(c *loop.Conn) { c.Close(fmt.Errorf("%w: %w", ErrNotSequenced, cause)) })
+	}
+}
 
 func (h *hostConn) accountLimitReached() bool {
 	h.mu.Lock()
@@ -163,13 +174,14 @@ type HostManager struct {
 	hosts  map[uint64]*hostConn
 	byName map[string]*hostConn
 
-	flushMu    sync.Mutex // one cursor flush at a time (ticker and shutdown)
-	pausedMu   sync.Mutex
-	paused     map[*hostConn]*partition // paused hosts and the worker each waits for
-	lastIngest atomic.Int64
-	closing    atomic.Bool
-	stop       chan struct{}
-	wg         sync.WaitGroup
+	// checkpointSoon asks for a checkpoint now (a host's first events).
+	checkpointSoon func()
+	pausedMu       sync.Mutex
+	paused         map[*hostConn]*partition // paused hosts and the worker each waits for
+	lastIngest     atomic.Int64
+	closing        atomic.Bool
+	stop           chan struct{}
+	wg             sync.WaitGroup
 }
 
 func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingester) *HostManager {
@@ -178,9 +190,10 @@ func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingest
 		logger: r.logger.With("component", "hosts"),
 		client: loop.NewHTTPClient(r.cfg.AllowInsecureHosts, 20*time.Second),
 		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
-		paused:  map[*hostConn]*partition{},
-		stop:    make(chan struct{}),
-		backoff: backoff,
+		paused:         map[*hostConn]*partition{},
+		stop:           make(chan struct{}),
+		backoff:        backoff,
+		checkpointSoon: func() {},
 	}
 	if !r.cfg.AllowInsecureHosts {
 		m.dialer = loop.SafeDialContext(&net.Dialer{Timeout: dialTimeout})
@@ -237,8 +250,7 @@ func (m *HostManager) start(ctx context.Context) error {
 			toConnect = append(toConnect, h)
 		}
 	}
-	m.wg.Add(3)
-	go m.flushLoop()
+	m.wg.Add(2)
 	go m.resumeLoop()
 	go func() {
 		defer m.wg.Done()
@@ -248,8 +260,16 @@ func (m *HostManager) start(ctx context.Context) error {
 }
 
 func (m *HostManager) track(rec *meta.Host) *hostConn {
-	h := &hostConn{m: m, id: rec.ID, name: rec.Hostname, noSSL: rec.NoSSL, rec: *rec, drops: map[string]int64{}, flushed: rec.Cursor}
+	h := &hostConn{m: m, id: rec.ID, name: rec.Hostname, noSSL: rec.NoSSL, rec: *rec, drops: map[string]int64{}}
 	h.tracker.reset(rec.Cursor)
+	if rs := m.r.recovered; rs != nil {
+		// Where recovery says the host resumes: never live once an event
+		// of the host is durable, and never accepting one twice.
+		if p, ok := rs.hosts[rec.ID]; ok && (p.known || p.cursor > 0 || len(p.done) > 0) {
+			h.tracker.resume(max(p.cursor, rec.Cursor), p.done)
+			h.subscribed.Store(true)
+		}
+	}
 	m.mu.Lock()
 	m.hosts[h.id] = h
 	m.byName[h.name] = h
@@ -287,6 +307,11 @@ func (m *HostManager) byID(id uint64) *hostConn {
 // connected, dialing, or not allowed to connect.
 func (m *HostManager) connect(h *hostConn) {
 	if m.closing.Load() {
+		return
+	}
+	if m.r.seq.Err() != nil {
+		// Nothing can be made durable: do not take events from the host.
+		m.retryLater(h, reconnectMax)
 		return
 	}
 	h.mu.Lock()
@@ -555,50 +580,20 @@ func (m *HostManager) resumeLoop() {
 	}
 }
 
-// flushLoop persists changed cursors every cursorFlushInterval.
-func (m *HostManager) flushLoop() {
-	defer m.wg.Done()
-	t := time.NewTicker(cursorFlushInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-t.C:
-			m.flushCursors()
-		}
+// resumePoints implements resumeSource for the checkpointer: every
+// host's cursor and the done seqs above it.
+func (m *HostManager) resumePoints() map[uint64]hostResume {
+	hosts := m.allHosts()
+	out := make(map[uint64]hostResume, len(hosts))
+	for _, h := range hosts {
+		c, done := h.tracker.resumePoint()
+		out[h.id] = hostResume{cursor: c, done: done, known: h.subscribed.Load() || c > 0}
 	}
-}
-
-func (m *HostManager) flushCursors() {
-	m.flushMu.Lock()
-	defer m.flushMu.Unlock()
-	m.mu.Lock()
-	cursors := map[uint64]int64{}
-	changed := []*hostConn{}
-	for _, h := range m.hosts {
-		if c := h.tracker.cursor(); c != h.flushed {
-			cursors[h.id] = c
-			changed = append(changed, h)
-		}
-	}
-	m.mu.Unlock()
-	if len(cursors) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := m.store.UpdateHostCursors(ctx, cursors); err != nil {
-		m.logger.Error("cursor flush failed", "err", err)
-		return
-	}
-	for _, h := range changed {
-		h.flushed = cursors[h.id]
-	}
+	return out
 }
 
 // close stops dialing, closes every upstream connection and waits for
-// them to close; cursors are flushed by the caller after the workers
+// them to close; cursors are checkpointed by the caller after the workers
 // and the sequencer drained.
 func (m *HostManager) close() {
 	if m.closing.Swap(true) {

@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
@@ -24,11 +25,10 @@ const (
 	// when full an arbitrary entry is evicted (it is reloaded on demand).
 	accountCacheSize  = 1 << 18
 	identityCacheSize = 1 << 18
-	// repoStateQueue bounds repo heads waiting to be written to the store;
-	// when full the sequencer's durable callback blocks (backpressure).
-	repoStateQueue = 1 << 16
-	// repoStateFlush is how often buffered repo heads are written.
-	repoStateFlush = 100 * time.Millisecond
+	// storeTimeout bounds one store call of a validation worker. A store
+	// that does not answer in time is an error like any other: the event
+	// is held and retried by the sweep (counted), never dropped.
+	storeTimeout = 5 * time.Second
 	// retrySweep is how often a partition retries resolutions the resolver
 	// queue refused, and events held after a store error.
 	retrySweep = 200 * time.Millisecond
@@ -82,6 +82,10 @@ type repoHead struct {
 type accountState struct {
 	acct meta.Account
 	head *repoHead // nil: no commit accepted yet
+	// inflight counts the account's events submitted and not yet durable:
+	// such an account is not evicted, since the store and the overlay do
+	// not know its head yet.
+	inflight atomic.Int32
 }
 
 // Ingester runs the validation workers. Events are partitioned by DID, so
@@ -90,17 +94,15 @@ type accountState struct {
 type Ingester struct {
 	r          *Relay
 	store      meta.Store
+	derived    *derivedState
 	resolver   *Resolver
 	v          validator
 	partitions []*partition
 	seed       maphash.Seed
 	logger     *slog.Logger
 
-	repoStates chan meta.RepoState
-	stop       chan struct{} // stops the workers
-	writerStop chan struct{} // stops the repo state writer (after the sequencer)
-	wg         sync.WaitGroup
-	writerWG   sync.WaitGroup
+	stop chan struct{} // stops the workers
+	wg   sync.WaitGroup
 }
 
 // partition is one validation worker and the state it owns.
@@ -124,17 +126,15 @@ type partition struct {
 	stalled map[string]bool
 }
 
-func newIngester(r *Relay, store meta.Store, resolver *Resolver, workers int) *Ingester {
+func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Resolver, workers int) *Ingester {
 	if workers < 1 {
 		workers = 1
 	}
 	ing := &Ingester{
-		r: r, store: store, resolver: resolver, seed: maphash.MakeSeed(),
-		logger:     r.logger.With("component", "ingest"),
-		v:          validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
-		repoStates: make(chan meta.RepoState, repoStateQueue),
-		stop:       make(chan struct{}),
-		writerStop: make(chan struct{}),
+		r: r, store: store, derived: derived, resolver: resolver, seed: maphash.MakeSeed(),
+		logger: r.logger.With("component", "ingest"),
+		v:      validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
+		stop:   make(chan struct{}),
 	}
 	for range workers {
 		p := &partition{
@@ -147,8 +147,6 @@ func newIngester(r *Relay, store meta.Store, resolver *Resolver, workers int) *I
 		ing.wg.Add(1)
 		go p.run()
 	}
-	ing.writerWG.Add(1)
-	go ing.writeRepoStates()
 	return ing
 }
 
@@ -194,13 +192,6 @@ func (ing *Ingester) QueueLen() int {
 func (ing *Ingester) CloseWorkers() {
 	close(ing.stop)
 	ing.wg.Wait()
-}
-
-// CloseWriter flushes repo heads and stops the writer; call it after the
-// sequencer closed, since durable callbacks feed it.
-func (ing *Ingester) CloseWriter() {
-	close(ing.writerStop)
-	ing.writerWG.Wait()
 }
 
 func (p *partition) run() {
@@ -336,7 +327,7 @@ func (p *partition) release(did string) {
 // fills and its socket is paused.
 func (p *partition) stall(it *ingestItem, what string, err error) {
 	p.ing.logger.Error("store error; event held for retry", "op", what, "did", it.did, "host", it.host.name, "err", err)
-	p.ing.r.metrics.Counter("relay_ingest_store_retries_total").Inc()
+	p.ing.r.metrics.storeRetries.Inc()
 	p.pending[it.did] = append([]*ingestItem{it}, p.pending[it.did]...)
 	p.stalled[it.did] = true
 }
@@ -361,12 +352,20 @@ func (p *partition) drop(it *ingestItem, reason string, err error) {
 	p.ing.logger.Debug("event dropped", "host", it.host.name, "did", it.did, "type", it.typ(), "reason", reason, "err", err)
 }
 
-// loadAccount returns the cached account, loading it from the store.
+// storeCtx bounds one store call of a worker (see storeTimeout).
+func storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), storeTimeout)
+}
+
+// loadAccount returns the cached account, loading it from the store
+// through the derived-state overlay (durable changes not yet
+// checkpointed).
 func (p *partition) loadAccount(did string) (*accountState, error) {
 	if st, ok := p.accounts[did]; ok {
 		return st, nil
 	}
-	ctx := context.Background()
+	ctx, cancel := storeCtx()
+	defer cancel()
 	a, err := p.ing.store.GetAccountByDID(ctx, did)
 	if errors.Is(err, meta.ErrNotFound) {
 		return nil, nil
@@ -374,9 +373,11 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.ing.derived.overlayAccount(a)
 	st := &accountState{acct: *a}
-	rs, err := p.ing.store.GetRepoState(ctx, a.UID)
-	if err == nil {
+	if rs, ok := p.ing.derived.repo(a.UID); ok {
+		st.head = &repoHead{rev: rs.Rev, commitCID: rs.CommitCID, dataCID: rs.DataCID}
+	} else if rs, err := p.ing.store.GetRepoState(ctx, a.UID); err == nil {
 		st.head = &repoHead{rev: rs.Rev, commitCID: rs.CommitCID, dataCID: rs.DataCID}
 	} else if !errors.Is(err, meta.ErrNotFound) {
 		return nil, err
@@ -385,11 +386,21 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 	return st, nil
 }
 
+// cacheEvictTries bounds how many cached accounts eviction looks at for
+// one without events in flight.
+const cacheEvictTries = 16
+
 func (p *partition) cacheAccount(st *accountState) {
 	if len(p.accounts) >= accountCacheSize {
-		for k := range p.accounts {
-			delete(p.accounts, k)
-			break
+		tries := 0
+		for k, old := range p.accounts {
+			if old.inflight.Load() == 0 {
+				delete(p.accounts, k)
+				break
+			}
+			if tries++; tries >= cacheEvictTries {
+				break // every candidate busy: grow by one, evict next time
+			}
 		}
 	}
 	p.accounts[st.acct.DID] = st
@@ -441,7 +452,10 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		moved := st.acct
 		moved.HostID = it.host.id
-		if err := p.ing.store.UpdateAccount(context.Background(), &moved); err != nil {
+		ctx, cancel := storeCtx()
+		err := p.ing.store.UpdateAccount(ctx, &moved)
+		cancel()
+		if err != nil {
 			p.stall(it, "move account", err)
 			return
 		}
@@ -465,7 +479,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		return
 	}
 
-	ctx := context.Background()
+	ctx := context.Background() // validation does no I/O
 	switch {
 	case it.commit != nil:
 		res, ok := p.verifyRepoEvent(it, st, func() (*verified, error) {
@@ -481,7 +495,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		if res.prevDataMismatch {
 			r.metrics.Counter("relay_prevdata_mismatch_total").Inc()
 		}
-		p.accept(it, st, KindCommit, it.commit, res)
+		p.accept(it, st, KindCommit, it.commit, res, nil)
 	case it.sync != nil:
 		res, ok := p.verifyRepoEvent(it, st, func() (*verified, error) {
 			return p.ing.v.Sync(ctx, it.sync, info.key, st.head)
@@ -489,7 +503,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		if !ok {
 			return
 		}
-		p.accept(it, st, KindSync, it.sync, res)
+		p.accept(it, st, KindSync, it.sync, res, nil)
 	case it.identity != nil:
 		if st.acct.Status == meta.AccountTakendown || st.acct.Status == meta.AccountSuspended {
 			// The relay took the account down: its log is scrubbed, and
@@ -502,7 +516,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 			h := info.handle
 			out.Handle = &h
 		}
-		p.accept(it, st, KindIdentity, out, nil)
+		p.accept(it, st, KindIdentity, out, nil, nil)
 	case it.account != nil:
 		if !authoritative || st.acct.HostID != it.host.id {
 			p.drop(it, "account_wrong_host", errWrongHost(info, it))
@@ -515,16 +529,11 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 				up = meta.AccountStatus(*it.account.Status)
 			}
 		}
-		if up != st.acct.UpstreamStatus {
-			updated := st.acct
-			updated.UpstreamStatus = up
-			if err := p.ing.store.UpdateAccount(ctx, &updated); err != nil {
-				p.stall(it, "account status", err)
-				return
-			}
-			st.acct = updated
-		}
-		p.accept(it, st, KindAccount, accountFrame(&st.acct, it.account.Time), nil)
+		// The status is derived state of this event: it reaches the
+		// store with the event's checkpoint, never ahead of the log.
+		st.acct.UpstreamStatus = up
+		change := &meta.StatusChange{UID: st.acct.UID, Status: st.acct.Status, UpstreamStatus: up}
+		p.accept(it, st, KindAccount, accountFrame(&st.acct, it.account.Time), nil, change)
 	}
 }
 
@@ -564,27 +573,45 @@ func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Acco
 	return out
 }
 
-// accept moves the account's head and hands the event to the sequencer.
-// The host's cursor and the stored head advance only once it is durable.
-func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body cbg.CBORMarshaler, res *verified) {
-	var state *meta.RepoState
+// accept moves the account's head and hands the event to the sequencer,
+// with the state it derives (repo head, status) and its source (host,
+// upstream seq, the host's safe cursor). The host's cursor passes the event
+// only once it is durable.
+func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body cbg.CBORMarshaler, res *verified, status *meta.StatusChange) {
+	var repo *meta.RepoState
 	if res != nil {
 		st.head = &repoHead{rev: res.rev, commitCID: res.commitCID, dataCID: res.dataCID}
-		state = &meta.RepoState{UID: st.acct.UID, Rev: res.rev, CommitCID: res.commitCID, DataCID: res.dataCID}
+		repo = &meta.RepoState{UID: st.acct.UID, Rev: res.rev, CommitCID: res.commitCID, DataCID: res.dataCID}
 	}
-	host, useq, states := it.host, it.useq, p.ing.repoStates
+	host, useq := it.host, it.useq
 	lastIngest := &p.ing.r.hosts.lastIngest
-	ev := Outgoing{Kind: kind, UID: st.acct.UID, Body: body, Durable: func(int64) {
-		host.done(useq)
-		lastIngest.Store(time.Now().UnixNano())
-		if state != nil {
-			states <- *state
-		}
-	}}
+	st.inflight.Add(1)
+	ev := Outgoing{
+		Kind: kind, UID: st.acct.UID, Body: body,
+		HostID: host.id, UpstreamSeq: useq, Floor: host.tracker.cursor(),
+		Repo: repo, Status: status,
+		Done: func(_ int64, err error) {
+			st.inflight.Add(-1)
+			switch {
+			case err == nil:
+				host.done(useq)
+				lastIngest.Store(time.Now().UnixNano())
+			case errors.Is(err, ErrUnencodable):
+				host.countDrop("encode_error")
+				host.done(useq)
+			default:
+				host.abandon(err)
+			}
+		},
+	}
 	if err := p.ing.r.seq.Submit(context.Background(), ev); err != nil {
-		// Not durable, so the host cursor does not pass it: it is replayed
-		// from the host after a restart.
-		p.ing.logger.Warn("event not sequenced", "did", it.did, "err", err)
+		// Not durable, so the host's cursor must not pass it: the host
+		// rewinds and resumes from its cursor (after a restart if the
+		// sequencer failed).
+		st.inflight.Add(-1)
+		p.ing.r.metrics.notSequenced.Inc()
+		p.ing.logger.Warn("event not sequenced", "did", it.did, "host", host.name, "err", err)
+		host.abandon(err)
 	}
 }
 
@@ -593,12 +620,15 @@ func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
 	if it.host.accountLimitReached() {
 		a.Status = meta.AccountThrottled
 	}
-	if err := p.ing.store.CreateAccount(context.Background(), a); err != nil {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := p.ing.store.CreateAccount(ctx, a); err != nil {
 		if errors.Is(err, meta.ErrExists) {
-			got, gerr := p.ing.store.GetAccountByDID(context.Background(), it.did)
+			got, gerr := p.ing.store.GetAccountByDID(ctx, it.did)
 			if gerr != nil {
 				return nil, gerr
 			}
+			p.ing.derived.overlayAccount(got)
 			a = got
 		} else {
 			return nil, err
@@ -608,49 +638,6 @@ func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
 	st := &accountState{acct: *a}
 	p.cacheAccount(st)
 	return st, nil
-}
-
-// writeRepoStates batches durable repo heads into the store.
-func (ing *Ingester) writeRepoStates() {
-	defer ing.writerWG.Done()
-	t := time.NewTicker(repoStateFlush)
-	defer t.Stop()
-	batch := make(map[uint64]meta.RepoState)
-	flush := func() {
-		if len(batch) == 0 {
-			return
-		}
-		states := make([]meta.RepoState, 0, len(batch))
-		for _, s := range batch {
-			states = append(states, s)
-		}
-		if err := ing.store.PutRepoStates(context.Background(), states); err != nil {
-			ing.logger.Error("repo state flush failed; will retry", "err", err, "states", len(states))
-			return
-		}
-		clear(batch)
-	}
-	for {
-		select {
-		case s := <-ing.repoStates:
-			batch[s.UID] = s
-			if len(batch) >= 4096 {
-				flush()
-			}
-		case <-t.C:
-			flush()
-		case <-ing.writerStop:
-			for {
-				select {
-				case s := <-ing.repoStates:
-					batch[s.UID] = s
-				default:
-					flush()
-					return
-				}
-			}
-		}
-	}
 }
 
 // ErrWrongHost: the account's DID document names another PDS.

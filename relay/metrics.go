@@ -25,6 +25,13 @@ type Metrics struct {
 	validateSeconds *metrics.Histogram
 	sequencerFailed *metrics.Counter
 
+	checkpointSeconds  *metrics.Histogram
+	checkpointFailures *metrics.Counter
+	storeRetries       *metrics.Counter
+	notSequenced       *metrics.Counter
+	replayReadErrors   *metrics.Counter
+	consumersRefused   *metrics.Counter
+
 	consumersConnected *metrics.Counter
 	consumersKicked    sync.Map
 	framesDelivered    *metrics.Counter
@@ -39,11 +46,11 @@ var knownDropReasons = []string{
 	"blocks_too_big", "bad_cbor", "bad_frame", "text_frame", "unknown_type",
 	"inactive_account", "identity_error", "invalid_commit", "inversion_failed",
 	"duplicate_seq", "account_wrong_host", "host_blocked", "encode_error",
-	"rate_limited", "oversized_frame",
+	"rate_limited", "oversized_frame", "already_durable",
 }
 
 // Consumer close reasons for relay_consumers_closed_total.
-var knownKickReasons = []string{"too_slow", "future_cursor", "closed", "protocol", "shutdown", "dead"}
+var knownKickReasons = []string{"too_slow", "future_cursor", "closed", "protocol", "shutdown", "dead", "replay_error"}
 
 // NewMetrics creates a relay's metric set.
 func NewMetrics() *Metrics {
@@ -58,6 +65,13 @@ func NewMetrics() *Metrics {
 		framesDelivered: s.NewCounter("relay_consumer_frames_sent_total"),
 		bytesDelivered:  s.NewCounter("relay_consumer_bytes_sent_total"),
 		replayBytes:     s.NewCounter("relay_consumer_replay_bytes_total"),
+
+		checkpointSeconds:  s.NewHistogram("relay_checkpoint_seconds"),
+		checkpointFailures: s.NewCounter("relay_checkpoint_failures_total"),
+		storeRetries:       s.NewCounter("relay_ingest_store_retries_total"),
+		notSequenced:       s.NewCounter("relay_events_not_sequenced_total"),
+		replayReadErrors:   s.NewCounter("relay_consumer_replay_read_errors_total"),
+		consumersRefused:   s.NewCounter("relay_consumers_refused_total"),
 	}
 	for _, r := range knownDropReasons {
 		m.Dropped(r)

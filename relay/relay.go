@@ -31,6 +31,9 @@ const (
 	retentionInterval = time.Minute
 	// maxHeaderBytes bounds HTTP request headers on both listeners.
 	maxHeaderBytes = 64 << 10
+	// recoveryTimeout bounds replaying the event log into the store at
+	// start (about a minute per few GB of log past the checkpoint).
+	recoveryTimeout = time.Hour
 )
 
 // Relay is one running relay: storage, sequencer, event loops and the HTTP
@@ -47,11 +50,15 @@ type Relay struct {
 	bc     *Broadcaster
 
 	store    meta.Store
+	derived  *derivedState
+	ckpt     *checkpointer
 	resolver *Resolver
 	ing      *Ingester
 	hosts    *HostManager
 	bans     domainBans
 	newHosts newHostBudget
+
+	recovered *recovered // what start-up recovery found (host resume points)
 
 	ln, mln    net.Listener
 	httpSrv    *http.Server
@@ -90,6 +97,18 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		r.log.Close()
 		return nil, err
 	}
+	// The store must reflect the whole durable log before anything reads
+	// it: replay what follows the last checkpoint.
+	rctx, rcancel := context.WithTimeout(context.Background(), recoveryTimeout)
+	rec, err := recoverDerived(rctx, r.log, r.store, logger.With("component", "recovery"))
+	rcancel()
+	if err != nil {
+		r.store.Close()
+		r.log.Close()
+		return nil, fmt.Errorf("recover derived state from the event log: %w", err)
+	}
+	r.recovered = rec
+	r.derived = newDerivedState(rec.seq)
 	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
 	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger.With("component", "loop")})
 	if err != nil {
@@ -98,7 +117,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		return nil, fmt.Errorf("start event loops: %w", err)
 	}
 	r.bc = NewBroadcaster(r.engine, r.ring, r.log, r.metrics, cfg.ConsumerMaxLag, cfg.ConsumerOutboundCap, logger.With("component", "broadcast"))
-	r.seq = NewSequencer(r.log, r.ring, r.metrics, cfg.FsyncInterval, r.bc.Notify, logger.With("component", "sequencer"))
+	r.seq = NewSequencer(r.log, r.ring, r.derived, r.metrics, cfg.FsyncInterval, r.bc.Notify, logger.With("component", "sequencer"))
 	dir := &identity.BaseDirectory{
 		PLCURL:                 cfg.PLCHost,
 		HTTPClient:             *loop.NewHTTPClient(cfg.AllowInsecureHosts, resolveTimeout),
@@ -106,8 +125,10 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		UserAgent:              userAgent,
 	}
 	r.resolver = NewResolver(dir, logger.With("component", "identity"))
-	r.ing = newIngester(r, r.store, r.resolver, cfg.FrameWorkers)
+	r.ing = newIngester(r, r.store, r.derived, r.resolver, cfg.FrameWorkers)
 	r.hosts = newHostManager(r, r.store, r.engine, r.ing)
+	r.ckpt = newCheckpointer(r.store, r.derived, r.hosts, rec.seq, r.metrics, logger.With("component", "checkpoint"))
+	r.hosts.checkpointSoon = r.ckpt.soon
 	r.registerGauges()
 	r.wg.Add(1)
 	go r.retention()
@@ -121,6 +142,7 @@ func (r *Relay) registerGauges() {
 	r.metrics.Gauge("relay_sequencer_queue", func() float64 { return float64(r.seq.QueueLen()) })
 	r.metrics.Gauge("relay_eventlog_bytes", func() float64 { return float64(r.log.Stats().Bytes) })
 	r.metrics.Gauge("relay_eventlog_segments", func() float64 { return float64(r.log.Stats().Segments) })
+	r.metrics.Gauge("relay_derived_pending", func() float64 { return float64(r.derived.pending()) })
 }
 
 // Start opens the API and metrics listeners and serves them in the
@@ -236,8 +258,8 @@ func (r *Relay) Close(ctx context.Context) error {
 		if err := r.seq.Close(); err != nil {
 			errs = append(errs, err)
 		}
-		r.ing.CloseWriter()
-		r.hosts.flushCursors()
+		r.derived.close()
+		r.ckpt.close()
 		r.resolver.Close()
 		r.drainConsumers(ctx)
 		r.bc.Close()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
@@ -14,6 +15,7 @@ import (
 	cbg "github.com/whyrusleeping/cbor-gen"
 
 	"github.com/relay/relay/persist/eventlog"
+	"github.com/relay/relay/persist/meta"
 	"github.com/relay/relay/wsframe"
 )
 
@@ -36,29 +38,61 @@ const (
 	maxBatchBytes  = 8 << 20
 )
 
-// ErrSequencerClosed is returned by Submit after Close.
-var ErrSequencerClosed = errors.New("relay: sequencer closed")
+// Sequencer errors.
+var (
+	// ErrSequencerClosed is returned by Submit after Close, and given to
+	// the Done of events queued when the sequencer stopped.
+	ErrSequencerClosed = errors.New("relay: sequencer closed")
+	// ErrSequencerFailed is returned by Submit after a storage failure, and
+	// given to the Done of every event that will therefore never be durable.
+	ErrSequencerFailed = errors.New("relay: sequencer stopped after a storage failure")
+	// ErrUnencodable is given to the Done of an event that could not be
+	// encoded: it is dropped (counted as encode_error).
+	ErrUnencodable = errors.New("relay: event cannot be encoded")
+)
 
 // Outgoing is an accepted event handed to the sequencer: the body gets the
-// relay's seq, is encoded once, appended, fsynced, and only then published.
+// relay's seq, is encoded once, appended with its derived state, fsynced,
+// and only then published.
 type Outgoing struct {
 	Kind uint32
 	UID  uint64
 	// Body is one of *comatproto.SyncSubscribeRepos_Commit, _Sync, _Identity
 	// or _Account; its Seq field is overwritten.
 	Body cbg.CBORMarshaler
-	// Durable, if set, runs on the sequencer goroutine once the event is
-	// durable, with its seq. It must be quick (no I/O).
-	Durable func(seq int64)
+	// HostID, when not 0, is the host the event came from, UpstreamSeq its
+	// seq there, and Floor the host's safe cursor when it was submitted.
+	// They go into the record, so a restart knows where the host resumes.
+	HostID             uint64
+	UpstreamSeq, Floor int64
+	// Repo is the repo head the event moves the account to; Status the
+	// account status it sets. Both are applied to the derived state once
+	// the event is durable, before it is published.
+	Repo   *meta.RepoState
+	Status *meta.StatusChange
+	// Done, if set, runs on the sequencer goroutine and must be quick (no
+	// I/O): with the event's seq once it is durable, or with seq 0 and why
+	// it never will be (ErrUnencodable, ErrSequencerFailed,
+	// ErrSequencerClosed).
+	Done func(seq int64, err error)
+}
+
+func (ev *Outgoing) done(seq int64, err error) {
+	if ev.Done != nil {
+		ev.Done(seq, err)
+	}
 }
 
 // Sequencer is the single owner of seq assignment. One goroutine batches
 // accepted events, encodes each frame once, appends the batch to the event
-// log, fsyncs it (group commit), publishes to the ring and wakes the
-// broadcaster. An event is never visible to a consumer before its fsync.
+// log, fsyncs it (group commit), marks the events done, applies their
+// derived state, publishes to the ring and wakes the broadcaster. An event
+// is never visible to a consumer before its fsync, nor before the state it
+// derives is readable through the derived-state overlay.
 type Sequencer struct {
 	log     *eventlog.Log
 	ring    *Ring
+	derived *derivedState
 	notify  func()
 	logger  *slog.Logger
 	metrics *Metrics
@@ -70,14 +104,14 @@ type Sequencer struct {
 	mu     sync.RWMutex // guards closed against Submit racing Close
 	closed bool
 	done   chan struct{}
-	err    error
+	failed atomic.Pointer[error] // set once by fatal
 }
 
 // NewSequencer starts the sequencer goroutine. notify is called after each
 // published batch.
-func NewSequencer(log *eventlog.Log, ring *Ring, m *Metrics, interval time.Duration, notify func(), logger *slog.Logger) *Sequencer {
+func NewSequencer(log *eventlog.Log, ring *Ring, derived *derivedState, m *Metrics, interval time.Duration, notify func(), logger *slog.Logger) *Sequencer {
 	s := &Sequencer{
-		log: log, ring: ring, notify: notify, logger: logger, metrics: m, interval: interval,
+		log: log, ring: ring, derived: derived, notify: notify, logger: logger, metrics: m, interval: interval,
 		in: make(chan Outgoing, sequencerQueue), done: make(chan struct{}),
 	}
 	ring.Reset(log.LastSeq())
@@ -86,12 +120,15 @@ func NewSequencer(log *eventlog.Log, ring *Ring, m *Metrics, interval time.Durat
 }
 
 // Submit queues an accepted event, blocking while the queue is full (see
-// sequencerQueue) or until ctx ends.
+// sequencerQueue) or until ctx ends. A failed sequencer refuses at once.
 func (s *Sequencer) Submit(ctx context.Context, ev Outgoing) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return ErrSequencerClosed
+	}
+	if s.failed.Load() != nil {
+		return ErrSequencerFailed
 	}
 	select {
 	case s.in <- ev:
@@ -101,6 +138,14 @@ func (s *Sequencer) Submit(ctx context.Context, ev Outgoing) error {
 	case <-s.done:
 		return ErrSequencerClosed
 	}
+}
+
+// Err is the storage failure that stopped the sequencer, or nil.
+func (s *Sequencer) Err() error {
+	if e := s.failed.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // Close stops accepting, sequences and syncs everything already queued, and
@@ -113,7 +158,7 @@ func (s *Sequencer) Close() error {
 	}
 	s.mu.Unlock()
 	<-s.done
-	return s.err
+	return s.Err()
 }
 
 // QueueLen is the number of events waiting for a seq.
@@ -125,7 +170,10 @@ func (s *Sequencer) run() {
 		batch   []Outgoing
 		recs    []eventlog.Record
 		entries []*ringEntry
-		seqs    []int64 // seqs[i] is batch[i]'s seq (unused when it failed)
+		effects []effect
+		seqs    []int64 // seqs[i] is batch[i]'s seq (0 when it failed to encode)
+		metaBuf []byte
+		metaEnd []int // metaBuf[metaEnd[i-1]:metaEnd[i]] is recs[i]'s meta
 		payload bytes.Buffer
 	)
 	for {
@@ -152,55 +200,68 @@ func (s *Sequencer) run() {
 			}
 		}
 		start := time.Now()
-		recs, entries, seqs = recs[:0], entries[:0], seqs[:0]
+		recs, entries, effects, seqs = recs[:0], entries[:0], effects[:0], seqs[:0]
+		metaBuf, metaEnd = metaBuf[:0], metaEnd[:0]
 		seq := s.log.LastSeq()
 		for i := range batch {
+			ev := &batch[i]
+			t, err := setSeq(ev.Body, seq+1)
+			if err == nil {
+				payload.Reset()
+				payload.Write(wsframe.AppendEventHeader(payload.AvailableBuffer(), t))
+				err = ev.Body.MarshalCBOR(&payload)
+			}
+			if err != nil {
+				s.logger.Error("sequencer: unencodable event", "err", err, "type", t)
+				s.metrics.Dropped("encode_error").Inc()
+				seqs = append(seqs, 0)
+				continue
+			}
 			seq++
 			seqs = append(seqs, seq)
-			ev := &batch[i]
-			t, err := setSeq(ev.Body, seq)
-			if err != nil {
-				s.logger.Error("sequencer: unencodable event", "err", err)
-				s.metrics.Dropped("encode_error").Inc()
-				seq--
-				ev.Durable = nil
-				continue
-			}
-			payload.Reset()
-			payload.Write(wsframe.AppendEventHeader(payload.AvailableBuffer(), t))
-			if err := ev.Body.MarshalCBOR(&payload); err != nil {
-				s.logger.Error("sequencer: encode failed", "err", err, "type", t)
-				s.metrics.Dropped("encode_error").Inc()
-				seq--
-				ev.Durable = nil
-				continue
-			}
+			m := recordMeta{hostID: ev.HostID, useq: ev.UpstreamSeq, floor: ev.Floor, repo: ev.Repo, status: ev.Status}
+			metaBuf = m.append(metaBuf)
+			metaEnd = append(metaEnd, len(metaBuf))
 			frame := wsframe.Compile(payload.Bytes())
 			body := frame[len(frame)-payload.Len():]
 			recs = append(recs, eventlog.Record{Kind: ev.Kind, UID: ev.UID, Seq: seq, Payload: body})
 			entries = append(entries, &ringEntry{seq: seq, uid: ev.UID, frame: frame})
+			effects = append(effects, effect{repo: ev.Repo, status: ev.Status})
 			s.metrics.EventsOut(t).Inc()
+		}
+		prev := 0
+		for i := range recs {
+			recs[i].Meta = metaBuf[prev:metaEnd[i]]
+			prev = metaEnd[i]
+		}
+		if len(recs) > 0 {
+			if err := s.log.Append(recs); err != nil {
+				s.fatal(fmt.Errorf("event log append: %w", err), batch)
+				return
+			}
+			syncStart := time.Now()
+			if err := s.log.Sync(); err != nil {
+				s.fatal(fmt.Errorf("event log fsync: %w", err), batch)
+				return
+			}
+			s.metrics.fsyncSeconds.UpdateDuration(syncStart)
+		}
+		// Durable. Order matters: hosts first (their cursors pass these
+		// events), then the derived state, then consumers. A checkpoint
+		// that sees the derived state thus also sees the host cursors.
+		for i := range batch {
+			if seqs[i] == 0 {
+				batch[i].done(0, ErrUnencodable)
+			} else {
+				batch[i].done(seqs[i], nil)
+			}
 		}
 		if len(recs) == 0 {
 			continue
 		}
-		if err := s.log.Append(recs); err != nil {
-			s.fatal(fmt.Errorf("event log append: %w", err))
-			return
-		}
-		syncStart := time.Now()
-		if err := s.log.Sync(); err != nil {
-			s.fatal(fmt.Errorf("event log fsync: %w", err))
-			return
-		}
-		s.metrics.fsyncSeconds.UpdateDuration(syncStart)
+		s.derived.apply(effects, seq)
 		s.ring.Publish(entries)
-		// Events that failed to encode had their callback cleared.
-		for i := range batch {
-			if batch[i].Durable != nil {
-				batch[i].Durable(seqs[i])
-			}
-		}
+		clear(batch) // drop references to bodies and callbacks
 		s.metrics.sequencerBatch.Update(float64(len(recs)))
 		s.metrics.sequenceSeconds.UpdateDuration(start)
 		s.notify()
@@ -208,12 +269,20 @@ func (s *Sequencer) run() {
 }
 
 // fatal records an unrecoverable storage error: nothing more is accepted,
-// so nothing is broadcast that is not durable.
-func (s *Sequencer) fatal(err error) {
+// so nothing is broadcast that is not durable. The batch in hand and every
+// event still queued are told they will never be durable, so their hosts
+// rewind to their cursors instead of waiting for them forever.
+func (s *Sequencer) fatal(err error, batch []Outgoing) {
 	s.logger.Error("sequencer stopped: storage failure", "err", err)
-	s.err = err
+	s.failed.Store(&err)
 	s.metrics.sequencerFailed.Set(1)
-	// Unblock submitters: they get ErrSequencerClosed through done.
+	for i := range batch {
+		batch[i].done(0, ErrSequencerFailed)
+	}
+	// Submit refuses from now on; drain what was queued until Close.
+	for ev := range s.in {
+		ev.done(0, ErrSequencerFailed)
+	}
 }
 
 // approxFrameSize estimates an event's encoded size from its bulk (CAR

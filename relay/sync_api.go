@@ -178,11 +178,17 @@ func (r *Relay) lookupAccount(ctx context.Context, w http.ResponseWriter, did st
 		r.internalError(w, "account lookup failed", err)
 		return nil, false
 	}
+	r.derived.overlayAccount(a)
 	return a, true
 }
 
-// repoState returns the account's stored head, or nil when none is known.
+// repoState returns the account's durable head (through the derived-state
+// overlay: what a consumer may already have received), or nil when none
+// is known.
 func (r *Relay) repoState(ctx context.Context, w http.ResponseWriter, uid uint64) (*meta.RepoState, bool) {
+	if rs, ok := r.derived.repo(uid); ok {
+		return &rs, true
+	}
 	rs, err := r.store.GetRepoState(ctx, uid)
 	if errors.Is(err, meta.ErrNotFound) {
 		return nil, true
@@ -220,6 +226,7 @@ func (r *Relay) handleListRepos(w http.ResponseWriter, req *http.Request) {
 	out := comatproto.SyncListRepos_Output{Repos: make([]*comatproto.SyncListRepos_Repo, 0, len(accts))}
 	actives := make([]bool, len(accts)) // one allocation for every Active pointer
 	for i, a := range accts {
+		r.derived.overlayAccount(a)
 		rs, ok := r.repoState(ctx, w, a.UID)
 		if !ok {
 			return

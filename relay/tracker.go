@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"slices"
 	"sort"
 	"sync"
 )
@@ -25,13 +26,63 @@ type seqTracker struct {
 	head  int   // first not-done index
 	last  int64 // highest seq seen (dispatched or dropped at the socket)
 	bytes int   // message bytes of dispatched events not yet done
+	// durableAbove lists seqs above the cursor whose events are already durable
+	// (found in the event log at start): when the host replays them they
+	// are done at once, never accepted twice. Ascending; bounded by what
+	// was in flight at the crash.
+	durableAbove []int64
 }
 
 // reset starts from a persisted cursor.
 func (t *seqTracker) reset(cursor int64) {
+	t.resume(cursor, nil)
+}
+
+// resume starts from a recovered cursor and the durable seqs above it.
+func (t *seqTracker) resume(cursor int64, durable []int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.seqs, t.dones, t.sizes, t.head, t.last, t.bytes = t.seqs[:0], t.dones[:0], t.sizes[:0], 0, cursor, 0
+	t.durableAbove = append(t.durableAbove[:0], durable...)
+}
+
+// rewind forgets what is in flight and goes back to the cursor: the host
+// is disconnected and resumes from there (its in-flight events will never
+// be durable). Late done calls for forgotten seqs are ignored.
+func (t *seqTracker) rewind() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.cursorLocked()
+	var durable []int64
+	for i := t.head; i < len(t.seqs); i++ {
+		if t.dones[i] {
+			durable = append(durable, t.seqs[i])
+		}
+	}
+	t.seqs, t.dones, t.sizes, t.head, t.last, t.bytes = t.seqs[:0], t.dones[:0], t.sizes[:0], 0, c, 0
+	t.durableAbove = append(durable, t.durableAbove...)
+	slices.Sort(t.durableAbove)
+}
+
+// resumePoint is where a restart may resume: the cursor, and the seqs
+// above it already done (durable or dropped).
+func (t *seqTracker) resumePoint() (int64, []int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.cursorLocked()
+	var above []int64
+	for i := t.head; i < len(t.seqs); i++ {
+		if t.dones[i] {
+			above = append(above, t.seqs[i])
+		}
+	}
+	for _, s := range t.durableAbove {
+		if s > c {
+			above = append(above, s)
+		}
+	}
+	slices.Sort(above)
+	return c, slices.Compact(above)
 }
 
 // lastSeq is the highest seq seen: older or equal seqs are duplicates.
@@ -66,6 +117,7 @@ const (
 	admitted       admission = iota // recorded in flight
 	admitDuplicate                  // seq not after the last seen: drop it
 	admitFull                       // the host's budget is spent: pause
+	admitDurable                    // already in the event log: done, not processed again
 )
 
 // admit is the socket's one call per event: it drops duplicates, refuses
@@ -80,6 +132,20 @@ func (t *seqTracker) admit(seq int64, size int) (admission, int64) {
 		return admitDuplicate, prev
 	case t.fullLocked():
 		return admitFull, prev
+	}
+	if len(t.durableAbove) > 0 {
+		// Seqs the host did not resend are gone for good.
+		i := 0
+		for i < len(t.durableAbove) && t.durableAbove[i] < seq {
+			i++
+		}
+		t.durableAbove = t.durableAbove[i:]
+		if len(t.durableAbove) > 0 && t.durableAbove[0] == seq {
+			t.durableAbove = t.durableAbove[1:]
+			t.dispatchLocked(seq, 0)
+			t.doneLocked(seq)
+			return admitDurable, prev
+		}
 	}
 	t.dispatchLocked(seq, size)
 	return admitted, prev
@@ -137,6 +203,10 @@ func (t *seqTracker) skip(seq int64) {
 func (t *seqTracker) done(seq int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.doneLocked(seq)
+}
+
+func (t *seqTracker) doneLocked(seq int64) {
 	live := t.seqs[t.head:]
 	i := sort.Search(len(live), func(i int) bool { return live[i] >= seq })
 	if i == len(live) || live[i] != seq || t.dones[t.head+i] {
@@ -153,6 +223,10 @@ func (t *seqTracker) done(seq int64) {
 func (t *seqTracker) cursor() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.cursorLocked()
+}
+
+func (t *seqTracker) cursorLocked() int64 {
 	if t.head == len(t.seqs) {
 		return t.last
 	}

@@ -120,6 +120,16 @@ func (m *HostManager) dispatch(h *hostConn, it *ingestItem, size int) error {
 		return nil
 	case admitFull:
 		return m.pause(h, it, p)
+	case admitDurable:
+		// Replayed by the host after a restart, already in the event log.
+		m.r.metrics.Dropped("already_durable").Inc()
+		h.countDrop("already_durable")
+		return nil
+	}
+	if prevLast == 0 {
+		// The host's first event: store its cursor soon, so a crash
+		// cannot make the relay resubscribe live and miss what follows.
+		m.checkpointSoon()
 	}
 	if !p.offer(it) {
 		h.tracker.undispatch(it.useq, prevLast)
