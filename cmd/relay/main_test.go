@@ -66,7 +66,9 @@ type relayProc struct {
 	stderr  *bytes.Buffer
 }
 
-func startRelayProc(t *testing.T, bin, dataDir, plcURL string) *relayProc {
+// startRelayProc starts the relay binary; env entries (KEY=value) are
+// added last, so they override the defaults here.
+func startRelayProc(t *testing.T, bin, dataDir, plcURL string, env ...string) *relayProc {
 	t.Helper()
 	p := &relayProc{api: freePort(t), metrics: freePort(t), stderr: &bytes.Buffer{}}
 	p.cmd = exec.Command(bin, "serve")
@@ -74,6 +76,7 @@ func startRelayProc(t *testing.T, bin, dataDir, plcURL string) *relayProc {
 		"RELAY_PORT="+p.api, "RELAY_METRICS_PORT="+p.metrics, "RELAY_DATA_DIR="+dataDir,
 		"RELAY_UPSTREAM=none", "RELAY_PLC_HOST="+plcURL, "RELAY_ALLOW_INSECURE_HOSTS=true",
 		"RELAY_LOG_LEVEL=warn", "DATABASE_URL=")
+	p.cmd.Env = append(p.cmd.Env, env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
