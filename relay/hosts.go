@@ -82,6 +82,7 @@ type hostConn struct {
 	held       *ingestItem // (loop) decoded event a pause left unconsumed
 	received   atomic.Int64
 	lastEvent  atomic.Int64 // unix nanos of the last message
+	lastErr    atomic.Pointer[hostError]
 
 	tracker seqTracker
 	flushed int64 // last persisted cursor (flusher goroutine only)
@@ -369,6 +370,7 @@ func (m *HostManager) dial(h *hostConn) {
 }
 
 func (m *HostManager) dialFailed(h *hostConn, err error) {
+	h.noteError(err)
 	h.mu.Lock()
 	h.rec.Failures++
 	failures := h.rec.Failures
@@ -457,6 +459,7 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 	if !ok {
 		return
 	}
+	h.noteError(err)
 	h.mu.Lock()
 	if !h.conn.CompareAndSwap(c, nil) {
 		// A newer connection of this host owns its state.
