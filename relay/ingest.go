@@ -574,7 +574,9 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 	}
 	host, useq, states := it.host, it.useq, p.ing.repoStates
 	lastIngest := &p.ing.r.hosts.lastIngest
+	recv, durableSeconds := it.recv, p.ing.r.metrics.durableSeconds
 	ev := Outgoing{Kind: kind, UID: st.acct.UID, Body: body, Durable: func(int64) {
+		durableSeconds.UpdateDuration(recv)
 		host.done(useq)
 		lastIngest.Store(time.Now().UnixNano())
 		if state != nil {

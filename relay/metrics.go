@@ -23,6 +23,9 @@ type Metrics struct {
 	sequenceSeconds *metrics.Histogram
 	sequencerBatch  *metrics.Histogram
 	validateSeconds *metrics.Histogram
+	// durableSeconds: from an event's arrival off the host's socket to its
+	// fsync and publication to consumers (the relay's end-to-end latency).
+	durableSeconds  *metrics.Histogram
 	sequencerFailed *metrics.Counter
 
 	consumersConnected *metrics.Counter
@@ -54,6 +57,7 @@ func NewMetrics() *Metrics {
 		sequenceSeconds: s.NewHistogram("relay_sequencer_batch_seconds"),
 		sequencerBatch:  s.NewHistogram("relay_sequencer_batch_events"),
 		validateSeconds: s.NewHistogram("relay_validate_seconds"),
+		durableSeconds:  s.NewHistogram("relay_event_durable_seconds"),
 		sequencerFailed: s.NewCounter("relay_sequencer_failed"),
 		framesDelivered: s.NewCounter("relay_consumer_frames_sent_total"),
 		bytesDelivered:  s.NewCounter("relay_consumer_bytes_sent_total"),
