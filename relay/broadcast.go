@@ -104,6 +104,7 @@ func NewBroadcaster(engine *loop.Engine, ring *Ring, log *eventlog.Log, m *Metri
 		replayCh: make(chan *consumer, replayQueue), stop: make(chan struct{}),
 	}
 	m.Gauge("relay_consumers", func() float64 { return float64(b.Count()) })
+	b.registerLagGauges(m) // dashboard_source.go
 	for range replayWorkers {
 		b.wg.Add(1)
 		go b.replayWorker()

@@ -129,3 +129,26 @@ func (r *Relay) dashConsumers() []dashboard.Consumer {
 	}
 	return out
 }
+
+// registerLagGauges adds the consumers' lag figures to /metrics, computed
+// at scrape time: the largest lag in events, how many consumers lag, and
+// the bytes queued on all consumer sockets.
+func (b *Broadcaster) registerLagGauges(m *Metrics) {
+	summary := func() (maxLag, lagging, queued int64) {
+		head := b.ring.Head()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, c := range b.all {
+			lag := head - c.pos.Load()
+			maxLag = max(maxLag, lag)
+			if lag > 0 {
+				lagging++
+			}
+			queued += c.queued.Load()
+		}
+		return maxLag, lagging, queued
+	}
+	m.Gauge("relay_consumers_max_lag_events", func() float64 { l, _, _ := summary(); return float64(l) })
+	m.Gauge("relay_consumers_lagging", func() float64 { _, n, _ := summary(); return float64(n) })
+	m.Gauge("relay_consumers_queued_bytes", func() float64 { _, _, q := summary(); return float64(q) })
+}

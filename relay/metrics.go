@@ -73,6 +73,11 @@ func NewMetrics() *Metrics {
 	for _, r := range knownKickReasons {
 		m.ConsumerClosed(r)
 	}
+	// Counters created where they are first counted, created here too so
+	// that /metrics (and the Grafana board) show them at zero.
+	for _, n := range []string{"relay_host_dial_failures_total", "relay_host_backpressure_closes_total", "relay_consumers_refused_total", "relay_consumers_connected_total"} {
+		m.Counter(n)
+	}
 	return m
 }
 
