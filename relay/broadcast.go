@@ -52,6 +52,7 @@ type consumer struct {
 	pos       atomic.Int64 // last seq sent (or skipped)
 	sent      atomic.Int64 // frames sent
 	slot      atomic.Bool  // holds one of the broadcaster's consumer slots
+	queued    atomic.Int64 // bytes queued on its socket at the last write
 	live      bool         // caught up with the ring once: lag limit applies
 	replaying bool         // a replay step is in flight
 	closed    bool
@@ -106,6 +107,7 @@ func NewBroadcaster(engine *loop.Engine, ring *Ring, log *eventlog.Log, m *Metri
 		replayCh: make(chan *consumer, replayQueue), stop: make(chan struct{}),
 	}
 	m.Gauge("relay_consumers", func() float64 { return float64(b.Count()) })
+	b.registerLagGauges(m) // dashboard_source.go
 	for range replayWorkers {
 		b.wg.Add(1)
 		go b.replayWorker()
@@ -333,6 +335,7 @@ func (b *Broadcaster) fill(c *consumer) {
 		return
 	}
 	buffered := c.conn.Buffered()
+	c.queued.Store(int64(buffered))
 	if buffered >= b.outCap {
 		return
 	}
@@ -478,6 +481,7 @@ type ConsumerInfo struct {
 	Position       int64     `json:"position"`
 	Lag            int64     `json:"lag"`
 	EventsSent     int64     `json:"eventsSent"`
+	QueuedBytes    int64     `json:"queuedBytes"` // outbound bytes queued when last written to
 	ConnectedSince time.Time `json:"connectedSince"`
 }
 
@@ -491,7 +495,7 @@ func (b *Broadcaster) Consumers() []ConsumerInfo {
 		pos := c.pos.Load()
 		out = append(out, ConsumerInfo{
 			ID: c.id, RemoteAddr: c.remote, UserAgent: c.userAgent, Cursor: c.cursor,
-			Position: pos, Lag: head - pos, EventsSent: c.sent.Load(), ConnectedSince: c.since,
+			Position: pos, Lag: head - pos, EventsSent: c.sent.Load(), QueuedBytes: c.queued.Load(), ConnectedSince: c.since,
 		})
 	}
 	return out

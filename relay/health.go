@@ -21,6 +21,7 @@ func (r *Relay) metricsHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /_readyz", r.handleHealth)
 	mux.HandleFunc("GET /_health", r.handleHealth)
+	mux.Handle("/dash/", r.dashboardHandler()) // read-only live dashboard (relay/dashboard)
 	return mux
 }
 

@@ -83,6 +83,7 @@ type hostConn struct {
 	held       *ingestItem // (loop) decoded event a pause left unconsumed
 	received   atomic.Int64
 	lastEvent  atomic.Int64 // unix nanos of the last message
+	lastErr    atomic.Pointer[hostError]
 
 	tracker seqTracker
 }
@@ -394,6 +395,7 @@ func (m *HostManager) dial(h *hostConn) {
 }
 
 func (m *HostManager) dialFailed(h *hostConn, err error) {
+	h.noteError(err)
 	h.mu.Lock()
 	h.rec.Failures++
 	failures := h.rec.Failures
@@ -482,6 +484,7 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 	if !ok {
 		return
 	}
+	h.noteError(err)
 	h.mu.Lock()
 	if !h.conn.CompareAndSwap(c, nil) {
 		// A newer connection of this host owns its state.

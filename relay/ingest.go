@@ -585,6 +585,7 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 	}
 	host, useq := it.host, it.useq
 	lastIngest := &p.ing.r.hosts.lastIngest
+	recv, durableSeconds := it.recv, p.ing.r.metrics.durableSeconds
 	st.inflight.Add(1)
 	ev := Outgoing{
 		Kind: kind, UID: st.acct.UID, Body: body,
@@ -594,6 +595,7 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 			st.inflight.Add(-1)
 			switch {
 			case err == nil:
+				durableSeconds.UpdateDuration(recv)
 				host.done(useq)
 				lastIngest.Store(time.Now().UnixNano())
 			case errors.Is(err, ErrUnencodable):

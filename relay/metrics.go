@@ -23,6 +23,9 @@ type Metrics struct {
 	sequenceSeconds *metrics.Histogram
 	sequencerBatch  *metrics.Histogram
 	validateSeconds *metrics.Histogram
+	// durableSeconds: from an event's arrival off the host's socket to its
+	// fsync and publication to consumers (the relay's end-to-end latency).
+	durableSeconds  *metrics.Histogram
 	sequencerFailed *metrics.Counter
 
 	checkpointSeconds  *metrics.Histogram
@@ -61,6 +64,7 @@ func NewMetrics() *Metrics {
 		sequenceSeconds: s.NewHistogram("relay_sequencer_batch_seconds"),
 		sequencerBatch:  s.NewHistogram("relay_sequencer_batch_events"),
 		validateSeconds: s.NewHistogram("relay_validate_seconds"),
+		durableSeconds:  s.NewHistogram("relay_event_durable_seconds"),
 		sequencerFailed: s.NewCounter("relay_sequencer_failed"),
 		framesDelivered: s.NewCounter("relay_consumer_frames_sent_total"),
 		bytesDelivered:  s.NewCounter("relay_consumer_bytes_sent_total"),
@@ -82,6 +86,11 @@ func NewMetrics() *Metrics {
 	}
 	for _, r := range knownKickReasons {
 		m.ConsumerClosed(r)
+	}
+	// Counters created where they are first counted, created here too so
+	// that /metrics (and the Grafana board) show them at zero.
+	for _, n := range []string{"relay_host_dial_failures_total", "relay_host_backpressure_closes_total", "relay_consumers_refused_total", "relay_consumers_connected_total"} {
+		m.Counter(n)
 	}
 	return m
 }

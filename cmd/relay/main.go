@@ -1,6 +1,7 @@
 // Command relay runs the AT Protocol relay.
 //
 //	relay serve [flags]
+//	relay admin [flags] <command> [args]   (admin.go)
 //
 // Every flag has an environment variable (see README); a flag given on the
 // command line wins over the environment.
@@ -26,8 +27,12 @@ import (
 const shutdownTimeout = 30 * time.Second
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "admin" {
+		os.Exit(adminMain(os.Args[2:], os.Stdout, os.Stderr, os.Getenv)) // admin.go
+	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
 		fmt.Fprintln(os.Stderr, "usage: relay serve [flags]   (relay serve -h lists the flags and their variables)")
+		fmt.Fprintln(os.Stderr, "       relay admin <command>  (relay admin -h lists the commands)")
 		os.Exit(2)
 	}
 	cfg, level, err := parseConfig(os.Args[2:], os.Getenv)
