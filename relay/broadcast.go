@@ -73,13 +73,20 @@ type loopGroup struct {
 	iov [][]byte
 }
 
+// replaySource is what the broadcaster reads of the event log: durable
+// records after a cursor, and where retention starts.
+type replaySource interface {
+	ReadAfter(cursor int64, maxBytes int, fn func(r eventlog.Record) error) (int64, error)
+	OldestSeq() int64
+}
+
 // Broadcaster delivers published frames to consumers: one Execute per loop
 // per batch; each consumer reads the ring from its own position, or the
 // event log through the replay workers while it is behind the ring.
 type Broadcaster struct {
 	engine   *loop.Engine
 	ring     *Ring
-	log      *eventlog.Log
+	log      replaySource
 	metrics  *Metrics
 	logger   *slog.Logger
 	maxLag   int64
@@ -99,7 +106,7 @@ type Broadcaster struct {
 }
 
 // NewBroadcaster starts the replay workers and the pump ticker.
-func NewBroadcaster(engine *loop.Engine, ring *Ring, log *eventlog.Log, m *Metrics, maxLag int64, outCap int, logger *slog.Logger) *Broadcaster {
+func NewBroadcaster(engine *loop.Engine, ring *Ring, log replaySource, m *Metrics, maxLag int64, outCap int, logger *slog.Logger) *Broadcaster {
 	b := &Broadcaster{
 		engine: engine, ring: ring, log: log, metrics: m, logger: logger,
 		maxLag: maxLag, outCap: outCap,

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -348,4 +349,97 @@ func TestMaxConsumersRefusedBeforeUpgrade(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || body.Error != ErrNameTooManyConsumers {
 		t.Fatalf("third consumer: %d %q, want 503 %s", resp.StatusCode, body.Error, ErrNameTooManyConsumers)
 	}
+}
+
+// Concurrent upgrades cannot exceed the consumer cap: the slot is taken
+// under the same lock as the check; a consumer that leaves frees its slot.
+func TestMaxConsumersExactUnderConcurrentUpgrades(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConsumers = 5
+	r := startRelay(t, cfg)
+	const tries = 40
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	refused := 0
+	for i := 0; i < tries; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, _, _, err := ws.Dial(ctx, "ws://"+r.Addr()+"/xrpc/com.atproto.sync.subscribeRepos")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				var se ws.StatusError
+				if errors.As(err, &se) && int(se) == http.StatusServiceUnavailable {
+					refused++
+					return
+				}
+				t.Errorf("dial: %v", err)
+				return
+			}
+			conns = append(conns, conn)
+		}()
+	}
+	wg.Wait()
+	if len(conns) != cfg.MaxConsumers || refused != tries-cfg.MaxConsumers {
+		t.Fatalf("%d consumers connected and %d refused, want exactly %d connected", len(conns), refused, cfg.MaxConsumers)
+	}
+	conns[0].Close()
+	waitUntil(t, 5*time.Second, "slot freed", func() bool { return r.bc.Count() == cfg.MaxConsumers-1 })
+	c := dialConsumer(t, r.Addr(), "")
+	_ = c
+	for _, c := range conns[1:] {
+		c.Close()
+	}
+}
+
+// failingReplay makes one ReadAfter call fail after it visited records.
+type failingReplay struct {
+	replaySource
+	calls  atomic.Int32
+	failAt int32
+}
+
+var errReplayRead = errors.New("test: injected replay read error")
+
+func (f *failingReplay) ReadAfter(cursor int64, maxBytes int, fn func(eventlog.Record) error) (int64, error) {
+	last, err := f.replaySource.ReadAfter(cursor, maxBytes, fn)
+	if f.calls.Add(1) == f.failAt && err == nil {
+		return last, errReplayRead
+	}
+	return last, err
+}
+
+// A replay read error closes the consumer where it stands: it never skips
+// what the failed step had read, and resuming by cursor misses nothing.
+func TestReplayReadErrorClosesNotSkips(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.RingSize = 16
+	r := startRelay(t, cfg)
+	submitN(t, r, 0, 3000)
+	waitHead(t, r, 3000)
+	r.bc.log = &failingReplay{replaySource: r.log, failAt: 1}
+	c := dialConsumer(t, r.Addr(), "?cursor=0")
+	var last int64
+	for {
+		f, err := c.next(10 * time.Second)
+		if err != nil {
+			break // closed after the failed step
+		}
+		if f.seq != last+1 {
+			t.Fatalf("seq %d after %d: skipped", f.seq, last)
+		}
+		last = f.seq
+	}
+	if last >= 3000 {
+		t.Fatalf("the injected error did not interrupt the replay (last %d)", last)
+	}
+	if got := r.metrics.replayReadErrors.Get(); got != 1 {
+		t.Fatalf("relay_consumer_replay_read_errors_total = %d, want 1", got)
+	}
+	c2 := dialConsumer(t, r.Addr(), fmt.Sprintf("?cursor=%d", last))
+	c2.readSeqs(t, last+1, int(3000-last), 20*time.Second)
 }

@@ -103,6 +103,8 @@ type Ingester struct {
 
 	stop chan struct{} // stops the workers
 	wg   sync.WaitGroup
+	// storeTimeout is storeTimeout; tests shorten it.
+	storeTimeout time.Duration
 }
 
 // partition is one validation worker and the state it owns.
@@ -135,6 +137,8 @@ func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Re
 		logger: r.logger.With("component", "ingest"),
 		v:      validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
 		stop:   make(chan struct{}),
+
+		storeTimeout: storeTimeout,
 	}
 	for range workers {
 		p := &partition{
@@ -353,8 +357,8 @@ func (p *partition) drop(it *ingestItem, reason string, err error) {
 }
 
 // storeCtx bounds one store call of a worker (see storeTimeout).
-func storeCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), storeTimeout)
+func (p *partition) storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), p.ing.storeTimeout)
 }
 
 // loadAccount returns the cached account, loading it from the store
@@ -364,7 +368,7 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 	if st, ok := p.accounts[did]; ok {
 		return st, nil
 	}
-	ctx, cancel := storeCtx()
+	ctx, cancel := p.storeCtx()
 	defer cancel()
 	a, err := p.ing.store.GetAccountByDID(ctx, did)
 	if errors.Is(err, meta.ErrNotFound) {
@@ -452,7 +456,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		moved := st.acct
 		moved.HostID = it.host.id
-		ctx, cancel := storeCtx()
+		ctx, cancel := p.storeCtx()
 		err := p.ing.store.UpdateAccount(ctx, &moved)
 		cancel()
 		if err != nil {
@@ -622,7 +626,7 @@ func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
 	if it.host.accountLimitReached() {
 		a.Status = meta.AccountThrottled
 	}
-	ctx, cancel := storeCtx()
+	ctx, cancel := p.storeCtx()
 	defer cancel()
 	if err := p.ing.store.CreateAccount(ctx, a); err != nil {
 		if errors.Is(err, meta.ErrExists) {

@@ -169,11 +169,15 @@ func TestHostIdleOnFutureCursor(t *testing.T) {
 	}
 	t.Cleanup(fresh.Close)
 	waitUntil(t, 10*time.Second, "host idle", func() bool { return h.status() == meta.HostIdle })
-	stored, err := n.r.store.GetHostByName(context.Background(), addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if stored.Status != meta.HostIdle || stored.Cursor != 3 {
+	// The idle status is persisted off the event loop: wait for the
+	// store to have it, then check what it has.
+	var stored *meta.Host
+	waitUntil(t, 10*time.Second, "idle status stored", func() bool {
+		var err error
+		stored, err = n.r.store.GetHostByName(context.Background(), addr)
+		return err == nil && stored.Status == meta.HostIdle
+	})
+	if stored.Cursor != 3 {
 		t.Errorf("stored host: status %s cursor %d, want idle at 3", stored.Status, stored.Cursor)
 	}
 	time.Sleep(100 * time.Millisecond) // twenty redial periods: none must happen

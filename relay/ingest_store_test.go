@@ -21,6 +21,7 @@ type flakyStore struct {
 	mu            sync.Mutex
 	failLookups   int
 	failCreations int
+	hangLookups   int // lookups that hang until the caller's deadline
 }
 
 func (f *flakyStore) GetAccountByDID(ctx context.Context, did string) (*meta.Account, error) {
@@ -29,9 +30,17 @@ func (f *flakyStore) GetAccountByDID(ctx context.Context, did string) (*meta.Acc
 	if fail {
 		f.failLookups--
 	}
+	hang := !fail && f.hangLookups > 0
+	if hang {
+		f.hangLookups--
+	}
 	f.mu.Unlock()
 	if fail {
 		return nil, errStoreDown
+	}
+	if hang {
+		<-ctx.Done() // a store that never answers
+		return nil, ctx.Err()
 	}
 	return f.Store.GetAccountByDID(ctx, did)
 }
@@ -85,5 +94,31 @@ func TestIngestStoreErrorsAreRetried(t *testing.T) {
 	}
 	if subs := p.Cursors(); len(subs) != 1 {
 		t.Errorf("PDS subscriptions %v: a store error must not cost a reconnection", subs)
+	}
+}
+
+// A store that hangs does not stall a worker for good: the call has a
+// deadline, the event is held and retried (counted), and then relayed.
+func TestIngestHungStoreCallTimesOut(t *testing.T) {
+	var flaky *flakyStore
+	n := startTestNetHooked(t, 1, nil, func(r *Relay) {
+		flaky = &flakyStore{Store: r.ing.store, hangLookups: 2}
+		r.ing.store = flaky
+		r.ing.storeTimeout = 50 * time.Millisecond
+	})
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "hung.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
+	rev := emitCommit(t, a, p, 1)
+	got := collectEvents(t, c, 1, 20*time.Second)
+	if got[0].did != a.DID || got[0].rev != rev {
+		t.Fatalf("event %v, want rev %s", got[0], rev)
+	}
+	if got := n.r.metrics.storeRetries.Get(); got != 2 {
+		t.Errorf("relay_ingest_store_retries_total = %d, want 2 (two timed-out lookups)", got)
 	}
 }
