@@ -7,9 +7,11 @@
 // Run through run.sh (it installs the pinned Node 22 and packages, builds
 // the relay and sets RELAY_BIN). Environment:
 //   RELAY_BIN          the relay binary (required)
-//   INTEROP_DROP_NTH   drop the Nth scenario frame (not a canary's) on the
-//                      consumer side of every relay consumer, to prove the
-//                      test fails
+//   INTEROP_DROP_NTH   drop the Nth scenario frame (counted from the first
+//                      account created after the canaries, in seq order) on
+//                      the consumer side of every relay consumer, to prove
+//                      the test fails (for @atproto/sync: the Nth seq it
+//                      yields events for; it yields none for empty commits)
 //   INTEROP_KEEP       keep the temp dir (relay data, logs)
 const guard = require('./guard.js')
 const fs = require('node:fs')
@@ -459,7 +461,10 @@ async function main() {
     // 4. Relay consumers, live, connected before any traffic.
     const canaries = new Set()
     const scenarioDIDs = []
-    const isScenario = (did) => scenarioDIDs.includes(did)
+    // Drop counting (INTEROP_DROP_NTH) starts with the scenario and skips
+    // canaries, so the Nth frame is the same one live and replayed.
+    let scenarioStarted = false
+    const isScenario = (did) => scenarioStarted && !!did && !canaries.has(did)
     const idResolver = new IdResolver({ plcUrl: plcURL, fetch: globalThis.fetch })
     // .test handles resolve only through the PDS.
     idResolver.handle.resolve = async (handle) => {
@@ -504,6 +509,7 @@ async function main() {
 
     // 7. The scenario, through the PDS's own API.
     const tScenario = Date.now()
+    scenarioStarted = true
     const names = ['alice', 'bob', 'carol', 'dave']
     for (const n of names) {
       const a = await newAccount(n)
