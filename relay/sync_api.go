@@ -262,7 +262,9 @@ func (r *Relay) handleGetRepoStatus(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	out := comatproto.SyncGetRepoStatus_Output{Did: a.DID, Active: a.IsActive(), Status: statusField(a)}
-	if rs != nil {
+	// The lexicon gives rev "if active=true", and a real PDS omits it for
+	// an inactive account (indigo's relay sends it regardless).
+	if rs != nil && out.Active {
 		out.Rev = &rs.Rev
 	}
 	writeJSON(w, http.StatusOK, &out)

@@ -421,7 +421,7 @@ func TestSyncAPIStatusErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Active || st.Status == nil || *st.Status != tc.upstream || st.Rev == nil {
+			if st.Active || st.Status == nil || *st.Status != tc.upstream || st.Rev != nil {
 				t.Fatalf("getRepoStatus: %+v", st)
 			}
 			page, err := comatproto.SyncListRepos(ctx, c, "", 0)

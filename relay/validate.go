@@ -164,6 +164,16 @@ func (v *validator) Commit(ctx context.Context, evt *comatproto.SyncSubscribeRep
 }
 
 // Sync validates a #sync: size, signature, DID and rev.
+//
+// The rev rule differs from a #commit's. A #sync whose rev is newer than the
+// stored head moves the head. One whose rev equals the stored head and whose
+// signed commit is the stored head commit re-announces the current state (a
+// real PDS sends it after account creation and on reactivation): it is
+// relayed unchanged and the head stays as it is (the returned head is the
+// stored one). An older rev is dropped as "stale_rev"; an equal rev naming
+// a different commit (the PDS rewrote history under the same rev) is dropped
+// as "sync_rev_conflict". The signature is checked before an equal-rev
+// comparison, so a forged re-announcement is a "bad_signature".
 func (v *validator) Sync(ctx context.Context, evt *comatproto.SyncSubscribeRepos_Sync, key atcrypto.PublicKey, prev *repoHead) (*verified, error) {
 	if len(evt.Blocks) > MaxBlocksBytes {
 		return nil, reject("blocks_too_big", "blocks are %d bytes, limit %d", len(evt.Blocks), MaxBlocksBytes)
@@ -172,12 +182,25 @@ func (v *validator) Sync(ctx context.Context, evt *comatproto.SyncSubscribeRepos
 	if prev != nil {
 		prevRev = prev.rev
 	}
-	if err := v.checkRev(evt.Rev, prevRev); err != nil {
+	sameRev := prevRev != "" && evt.Rev == prevRev
+	if sameRev {
+		// Syntax and future tolerance still apply; order is checked below
+		// against the commit.
+		if err := v.checkRev(evt.Rev, ""); err != nil {
+			return nil, err
+		}
+	} else if err := v.checkRev(evt.Rev, prevRev); err != nil {
 		return nil, err
 	}
 	commit, commitCID, err := loadSignedCommit(ctx, evt.Blocks, evt.Did, evt.Rev, key)
 	if err != nil {
 		return nil, err
+	}
+	if sameRev {
+		if prev.commitCID == "" || commitCID != prev.commitCID {
+			return nil, reject("sync_rev_conflict", "#sync at the stored rev %s names commit %s, stored head is %q", evt.Rev, commitCID, prev.commitCID)
+		}
+		return &verified{rev: prev.rev, commitCID: prev.commitCID, dataCID: prev.dataCID}, nil
 	}
 	return &verified{rev: evt.Rev, commitCID: commitCID, dataCID: commit.Data.String()}, nil
 }
