@@ -63,6 +63,8 @@ type Result struct {
 	// Resync lists DIDs newly owed a resync (their markers are durable
 	// in the same batch).
 	Resync []string
+	// Reasons[i] is why Resync[i] is owed.
+	Reasons []string
 }
 
 // delta is one applied op remembered for a resync in flight.
@@ -299,6 +301,7 @@ func (a *applier) owe(did, reason string) error {
 	}
 	a.pending++
 	a.res.Resync = append(a.res.Resync, did)
+	a.res.Reasons = append(a.res.Reasons, reason)
 	return a.b.Set(resyncKey(did), []byte(reason), nil)
 }
 
