@@ -31,6 +31,10 @@ const (
 	maxBackfillCollections = 1000
 )
 
+// backfillBackoff is the pause after the first failure of a page (the
+// n-th failure waits n times it).
+var backfillBackoff = 500 * time.Millisecond
+
 // BackfillStatus is the admin view of a backfill.
 type BackfillStatus struct {
 	collection.BackfillProgress
@@ -237,7 +241,7 @@ func (b *backfiller) run(ctx context.Context, p collection.BackfillProgress) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(time.Duration(fails) * 500 * time.Millisecond):
+			case <-time.After(time.Duration(fails) * backfillBackoff):
 			}
 			continue
 		}
