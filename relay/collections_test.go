@@ -368,3 +368,56 @@ func syncIndex(t testing.TB, r *Relay) {
 func pw(action, coll, rkey string) perf.Write {
 	return perf.Write{Action: action, Collection: coll, RKey: rkey}
 }
+
+// TestCollectionAccountStatus: a deactivated account is kept but not
+// listed, and listed again when active; a takedown removes it from every
+// collection; its reversal resyncs it from the PDS.
+func TestCollectionAccountStatus(t *testing.T) {
+	n := startTestNet(t, 1, nil)
+	p := n.hosts[0]
+	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
+	a, err := perf.NewAccount(perf.K256, "st.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const x = "com.example.status"
+	ev, err := a.CommitWrites([]perf.Write{pw("create", x, "1"), pw("create", "app.test.anchor", "self")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Emit(perf.Event{Commit: ev})
+	waitCommits(t, c, 1)
+	if got := listByCollection(t, n.r, x, 10); !slices.Equal(got, []string{a.DID}) {
+		t.Fatalf("listed %v", got)
+	}
+	p.Emit(perf.Event{Account: a.AccountEvent(false, "deactivated")})
+	waitUntil(t, 10*time.Second, "deactivated account hidden", func() bool {
+		return len(listByCollection(t, n.r, x, 10)) == 0
+	})
+	p.Emit(perf.Event{Account: a.AccountEvent(true, "")})
+	waitUntil(t, 10*time.Second, "reactivated account listed", func() bool {
+		return slices.Equal(listByCollection(t, n.r, x, 10), []string{a.DID})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := n.r.TakedownAccount(ctx, a.DID); err != nil {
+		t.Fatal(err)
+	}
+	// The #account takendown is durable when TakedownAccount returns, and
+	// the API must know it at once.
+	if got := listByCollection(t, n.r, "app.test.anchor", 10); len(got) != 0 {
+		t.Fatalf("taken-down account listed: %v", got)
+	}
+	info, _ := n.r.coll.ix.DID(a.DID)
+	if info.Status != "removed" || len(info.Counts) != 0 {
+		t.Fatalf("after takedown %+v", info)
+	}
+	if _, err := n.r.ReverseTakedown(ctx, a.DID); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "resync after the takedown's reversal", func() bool {
+		info, _ = n.r.coll.ix.DID(a.DID)
+		return info.Born && info.Resync == "" && slices.Equal(listByCollection(t, n.r, x, 10), []string{a.DID})
+	})
+}
