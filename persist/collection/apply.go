@@ -181,8 +181,10 @@ func (a *applier) commit() error {
 		}
 	}
 	if err := a.b.Commit(pebble.NoSync); err != nil {
+		ix.hot.reset() // the staged values are not the DB's
 		return err
 	}
+	ix.hot.merge(a)
 	ix.entries.Store(entries)
 	ix.collections.Store(collections)
 	ix.pending.Store(pending)
@@ -202,6 +204,15 @@ func (a *applier) commit() error {
 
 func (a *applier) did(did string) (*didState, error) {
 	if s, ok := a.dids[did]; ok {
+		return s, nil
+	}
+	if e, ok := a.ix.hot.dids[did]; ok {
+		var s *didState
+		if e.ok {
+			st := e.st
+			s = &st
+		}
+		a.dids[did] = s
 		return s, nil
 	}
 	v, ok, err := getCopy(a.b, didKey(did))
@@ -230,6 +241,11 @@ func (a *applier) count(did, coll string) (*cachedCount, error) {
 	if c, ok := a.counts[k]; ok {
 		return c, nil
 	}
+	if c, ok := a.ix.hot.counts[k]; ok {
+		cc := c
+		a.counts[k] = &cc
+		return &cc, nil
+	}
 	v, ok, err := getCopy(a.b, []byte(k))
 	if err != nil {
 		return nil, err
@@ -246,6 +262,10 @@ func (a *applier) count(did, coll string) (*cachedCount, error) {
 
 func (a *applier) collSize(coll string) (int64, error) {
 	if n, ok := a.colls[coll]; ok {
+		return n, nil
+	}
+	if n, ok := a.ix.hot.colls[coll]; ok {
+		a.colls[coll], a.collsOrig[coll] = n, n
 		return n, nil
 	}
 	n, err := getInt(a.b, collKey(coll))
@@ -570,4 +590,48 @@ func CollectionOf(path string) string {
 		return ""
 	}
 	return path[:i]
+}
+
+// hotCacheMax bounds the entries of the hot cache (each map); when a
+// merge would pass it the cache is emptied and refills from the DB. At
+// about 100 bytes an entry this is ~25 MB per map at most.
+const hotCacheMax = 1 << 18
+
+// hotCache holds committed values of recently touched keys, so the
+// follower's reads of hot accounts and collections skip Pebble. It only
+// ever holds what the DB holds (merged after a successful commit).
+type hotCache struct {
+	counts map[string]cachedCount
+	dids   map[string]hotDID
+	colls  map[string]int64
+}
+
+type hotDID struct {
+	st didState
+	ok bool
+}
+
+func (h *hotCache) reset() {
+	h.counts = make(map[string]cachedCount)
+	h.dids = make(map[string]hotDID)
+	h.colls = make(map[string]int64)
+}
+
+func (h *hotCache) merge(a *applier) {
+	if len(h.counts)+len(a.counts) > hotCacheMax || len(h.dids)+len(a.dids) > hotCacheMax || len(h.colls)+len(a.colls) > hotCacheMax {
+		h.reset()
+	}
+	for k, v := range a.counts {
+		h.counts[k] = *v
+	}
+	for k, v := range a.dids {
+		if v == nil {
+			h.dids[k] = hotDID{}
+		} else {
+			h.dids[k] = hotDID{st: *v, ok: true}
+		}
+	}
+	for k, v := range a.colls {
+		h.colls[k] = v
+	}
 }

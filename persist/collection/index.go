@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 )
 
 // Limits.
@@ -43,6 +44,9 @@ const (
 	// resync runs; past it the resync is abandoned (ErrOverflow) and the
 	// DID stays owed a resync.
 	MaxInflightDeltas = 100_000
+	// BlockCacheBytes is the index's Pebble block cache (memory bound of
+	// its reads; Pebble evicts past it) and MemTableSize its write buffer.
+	BlockCacheBytes = 64 << 20
 )
 
 // Errors.
@@ -64,6 +68,7 @@ type Index struct {
 
 	mu          sync.Mutex // serializes writers
 	inflight    map[string]*inflight
+	hot         hotCache // guarded by mu
 	applied     atomic.Int64
 	entries     atomic.Int64
 	collections atomic.Int64
@@ -76,11 +81,22 @@ type Index struct {
 
 // Open opens (creating if needed) the index in dir.
 func Open(dir string) (*Index, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	cache := pebble.NewCache(BlockCacheBytes)
+	defer cache.Unref()
+	opts := &pebble.Options{Logger: quietLogger{}, Cache: cache, MemTableSize: 32 << 20}
+	opts.Levels = make([]pebble.LevelOptions, 7)
+	for i := range opts.Levels {
+		// Bloom filters: the follower's point reads are mostly misses (a
+		// DID's first op in a collection), answered without a block read.
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		opts.Levels[i].FilterType = pebble.TableFilter
+	}
+	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("collection: open %s: %w", dir, err)
 	}
 	ix := &Index{db: db, inflight: map[string]*inflight{}, waitC: make(chan struct{})}
+	ix.hot.reset()
 	for _, m := range []struct {
 		k []byte
 		v *atomic.Int64

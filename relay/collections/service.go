@@ -331,6 +331,10 @@ func (s *Service) decode(r eventlog.Record) (collection.Change, bool) {
 func DecodeChange(kind uint32, body []byte) (collection.Change, error) {
 	switch kind {
 	case kindCommit:
+		if ch, err := decodeCommitFast(body); err == nil {
+			return ch, nil
+		}
+		// Fall back to the full decoder (it reports the error).
 		var c comatproto.SyncSubscribeRepos_Commit
 		if err := c.UnmarshalCBOR(bytes.NewReader(body)); err != nil {
 			return collection.Change{}, err
