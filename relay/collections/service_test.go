@@ -22,8 +22,8 @@ import (
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/ipfs/go-cid"
 
-	"github.com/relay/relay/persist/collection"
 	"github.com/relay/relay/perf"
+	"github.com/relay/relay/persist/collection"
 	"github.com/relay/relay/persist/eventlog"
 	"github.com/relay/relay/wsframe"
 )
