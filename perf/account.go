@@ -116,6 +116,9 @@ func NewAccount(kt KeyType, handle string, plc *PLC, pds *PDS) (*Account, error)
 			return nil, err
 		}
 	}
+	if pds != nil {
+		pds.addRepo(a)
+	}
 	return a, nil
 }
 
@@ -489,6 +492,7 @@ func (a *Account) MoveTo(plc *PLC, pds *PDS) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.pds = pds
+	pds.addRepo(a)
 	// register only fails when the key cannot produce a public key, which
 	// a key made by newKey always can.
 	_ = a.register(plc)

@@ -110,6 +110,7 @@ type PDS struct {
 	closed     bool
 
 	framesSent atomic.Int64
+	repos      sync.Map // DID -> *Account, served by getRepo (repo.go)
 }
 
 // pdsSub is one subscribeRepos connection.
@@ -166,6 +167,7 @@ func StartPDS(opts PDSOptions) (*PDS, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"version": "perf"})
 	})
 	mux.HandleFunc("GET /xrpc/com.atproto.sync.subscribeRepos", p.subscribeRepos)
+	mux.HandleFunc("GET /xrpc/com.atproto.sync.getRepo", p.getRepo)
 	for pattern, h := range opts.Routes {
 		mux.HandleFunc(pattern, h)
 	}

@@ -95,6 +95,7 @@ type Stats struct {
 	FramesDelivered uint64  `json:"framesDelivered"`
 	Hosts           any     `json:"hosts,omitempty"`
 	Ingest          any     `json:"ingest,omitempty"`
+	Collections     any     `json:"collections,omitempty"`
 }
 
 func (r *Relay) stats() Stats {
@@ -126,4 +127,5 @@ func (r *Relay) addStats(s *Stats) {
 		"hostsConnected": r.hosts.connectedCount(),
 		"hostsKnown":     r.hosts.hostCount(),
 	}
+	s.Collections = r.collectionStats()
 }

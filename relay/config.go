@@ -65,6 +65,12 @@ type Config struct {
 	SegmentEvents int
 	// InversionEnforced drops commits whose MST inversion fails (else counted only).
 	InversionEnforced bool
+	// CollectionsBackfillFrom is the source relay of the collection index's
+	// backfill (RELAY_COLLECTIONS_BACKFILL_FROM); "" or "none": none.
+	CollectionsBackfillFrom string
+	// CollectionsBackfillCollections (comma-separated NSIDs) starts a
+	// backfill from CollectionsBackfillFrom at the first start.
+	CollectionsBackfillCollections string
 }
 
 // Defaults for Config. Each is the documented default of its variable.

@@ -52,6 +52,7 @@ type Relay struct {
 	store    meta.Store
 	derived  *derivedState
 	ckpt     *checkpointer
+	coll     *collectionIndex // listReposByCollection (collections.go)
 	resolver *Resolver
 	ing      *Ingester
 	hosts    *HostManager
@@ -110,14 +111,20 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 	r.recovered = rec
 	r.derived = newDerivedState(rec.seq)
 	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
+	if err := r.openCollections(); err != nil {
+		r.store.Close()
+		r.log.Close()
+		return nil, err
+	}
 	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger.With("component", "loop")})
 	if err != nil {
+		_ = r.closeCollections()
 		r.store.Close()
 		r.log.Close()
 		return nil, fmt.Errorf("start event loops: %w", err)
 	}
 	r.bc = NewBroadcaster(r.engine, r.ring, r.log, r.metrics, cfg.ConsumerMaxLag, cfg.ConsumerOutboundCap, logger.With("component", "broadcast"))
-	r.seq = NewSequencer(r.log, r.ring, r.derived, r.metrics, cfg.FsyncInterval, r.bc.Notify, logger.With("component", "sequencer"))
+	r.seq = NewSequencer(r.log, r.ring, r.derived, r.metrics, cfg.FsyncInterval, r.notifyDurable, logger.With("component", "sequencer"))
 	dir := &identity.BaseDirectory{
 		PLCURL:                 cfg.PLCHost,
 		HTTPClient:             *loop.NewHTTPClient(cfg.AllowInsecureHosts, resolveTimeout),
@@ -270,6 +277,9 @@ func (r *Relay) Close(ctx context.Context) error {
 			_ = r.metricsSrv.Close()
 		}
 		r.wg.Wait()
+		if err := r.closeCollections(); err != nil {
+			errs = append(errs, fmt.Errorf("close collection index: %w", err))
+		}
 		if err := r.log.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close event log: %w", err))
 		}

@@ -18,6 +18,7 @@ func (r *Relay) registerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /xrpc/com.atproto.sync.requestCrawl", r.handleRequestCrawl)
 	r.registerSyncAPI(mux)
 	r.registerAdminAPI(mux)
+	r.registerCollectionsAdmin(mux)
 }
 
 // decodeJSONBody reads a bounded JSON body into v, writing the 400 itself.

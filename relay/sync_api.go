@@ -44,12 +44,13 @@ const (
 // like every other failure.
 func (r *Relay) registerSyncAPI(mux *http.ServeMux) {
 	for path, h := range map[string]http.HandlerFunc{
-		"listRepos":       r.handleListRepos,
-		"getRepoStatus":   r.handleGetRepoStatus,
-		"getLatestCommit": r.handleGetLatestCommit,
-		"listHosts":       r.handleListHosts,
-		"getHostStatus":   r.handleGetHostStatus,
-		"getRepo":         r.handleGetRepo,
+		"listRepos":             r.handleListRepos,
+		"getRepoStatus":         r.handleGetRepoStatus,
+		"getLatestCommit":       r.handleGetLatestCommit,
+		"listHosts":             r.handleListHosts,
+		"getHostStatus":         r.handleGetHostStatus,
+		"getRepo":               r.handleGetRepo,
+		"listReposByCollection": r.handleListReposByCollection,
 	} {
 		mux.HandleFunc("/xrpc/com.atproto.sync."+path, xrpcQuery(h))
 	}
