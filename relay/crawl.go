@@ -386,7 +386,10 @@ func (m *HostManager) bootstrapOnce(base string) (int, error) {
 				continue
 			}
 			rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.r.cfg.DefaultAccountLimit}
-			if err := m.store.CreateHost(context.Background(), rec); err != nil {
+			cctx, ccancel := context.WithTimeout(context.Background(), hostWriteTimeout)
+			err = m.store.CreateHost(cctx, rec)
+			ccancel()
+			if err != nil {
 				continue
 			}
 			fresh = append(fresh, m.track(rec))
