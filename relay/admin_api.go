@@ -103,6 +103,11 @@ type AdminHost struct {
 	Received     int64            `json:"received"`
 	Drops        map[string]int64 `json:"drops"`
 	CreatedAt    time.Time        `json:"createdAt"`
+	// Limits are the event rate limits in force, Rate the current events/s,
+	// ThrottledSeconds the time spent held at a limit.
+	Limits           HostLimits `json:"limits"`
+	Rate             float64    `json:"rate"`
+	ThrottledSeconds float64    `json:"throttledSeconds"`
 }
 
 func (r *Relay) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
@@ -114,6 +119,7 @@ func (r *Relay) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
 			ID: h.ID, Hostname: h.Hostname, Status: string(h.Status), NoSSL: h.NoSSL, Trusted: h.Trusted,
 			Cursor: h.Cursor, Failures: h.Failures, AccountCount: h.AccountCount, AccountLimit: h.AccountLimit,
 			Connected: h.Connected, Inflight: h.Inflight, Received: h.Received, Drops: h.Drops, CreatedAt: h.CreatedAt,
+			Limits: h.Limits, Rate: h.Rate, ThrottledSeconds: h.ThrottledSeconds,
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})

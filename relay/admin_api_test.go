@@ -295,7 +295,7 @@ func TestAdminBlockUnblock(t *testing.T) {
 }
 
 func TestAdminChangeLimits(t *testing.T) {
-	n := startTestNet(t, 1, func(cfg *Config) { cfg.AdminPassword = testAdminPassword })
+	n := startTestNet(t, 1, func(cfg *Config) { cfg.AdminPassword = testAdminPassword; cfg.TrustedDomains = "" })
 	p := n.hosts[0]
 	n.crawl(t, p)
 	adminOK(t, n.r, "POST", "/admin/hosts/changeLimits", `{"hostname":"`+p.Host()+`","accountLimit":1,"trusted":true}`)

@@ -60,6 +60,10 @@ type Config struct {
 	NewHostsPerDay int
 	// DefaultAccountLimit is a new host's account limit.
 	DefaultAccountLimit int64
+	// TrustedDomains (RELAY_TRUSTED_DOMAINS, comma-separated host suffixes;
+	// "*" for every host) get the trusted tier: high event rate limits and
+	// no account limit.
+	TrustedDomains string
 	// SegmentEvents is the number of events per event log segment (0: the
 	// event log's default). Small values make retention finer-grained.
 	SegmentEvents int

@@ -86,6 +86,7 @@ type hostConn struct {
 	lastErr    atomic.Pointer[hostError]
 
 	tracker seqTracker
+	rate    *hostRate // event rate limits (ratelimit.go)
 }
 
 func (h *hostConn) status() meta.HostStatus {
@@ -114,9 +115,27 @@ func (h *hostConn) abandon(cause error) {
 }
 
 func (h *hostConn) accountLimitReached() bool {
+	trusted := h.trusted()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return !h.rec.Trusted && h.rec.AccountLimit > 0 && h.rec.AccountCount >= h.rec.AccountLimit
+	return !trusted && h.rec.AccountLimit > 0 && h.rec.AccountCount >= h.rec.AccountLimit
+}
+
+// trusted reports whether the host has the trusted tier: marked by an
+// admin, or in RELAY_TRUSTED_DOMAINS.
+func (h *hostConn) trusted() bool {
+	h.mu.Lock()
+	t := h.rec.Trusted
+	h.mu.Unlock()
+	return t || h.m.r.trusted.trusts(h.name)
+}
+
+// limits are the host's event rate limits as its record says now.
+func (h *hostConn) limits() HostLimits {
+	trusted := h.trusted()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return limitsFor(h.rec.AccountLimit, trusted)
 }
 
 func (h *hostConn) accountCreated() {
@@ -141,6 +160,12 @@ type HostInfo struct {
 	Inflight  int              `json:"inflight"`
 	Received  int64            `json:"received"`
 	Drops     map[string]int64 `json:"drops,omitempty"`
+	// Limits are the host's event rate limits, Rate its events/s over the
+	// last 10 s, ThrottledSeconds the time it was held at a limit.
+	Limits           HostLimits `json:"limits"`
+	Rate             float64    `json:"rate"`
+	ThrottledSeconds float64    `json:"throttledSeconds"`
+	TrustedTier      bool       `json:"trustedTier"`
 }
 
 func (h *hostConn) info() HostInfo {
@@ -152,7 +177,12 @@ func (h *hostConn) info() HostInfo {
 	for k, v := range h.drops {
 		drops[k] = v
 	}
-	return HostInfo{Host: rec, Connected: h.connected.Load(), Inflight: h.tracker.inflight(), Received: h.received.Load(), Drops: drops}
+	return HostInfo{
+		Host: rec, Connected: h.connected.Load(), Inflight: h.tracker.inflight(), Received: h.received.Load(), Drops: drops,
+		Limits: *h.rate.limits.Load(), Rate: h.rate.current(time.Now()),
+		ThrottledSeconds: time.Duration(h.rate.throttledNanos.Load()).Seconds(),
+		TrustedTier:      rec.Trusted || h.m.r.trusted.trusts(h.name),
+	}
 }
 
 // HostManager owns the hosts: connecting, reconnecting, status, cursors.
@@ -178,7 +208,7 @@ type HostManager struct {
 	// checkpointSoon asks for a checkpoint now (a host's first events).
 	checkpointSoon func()
 	pausedMu       sync.Mutex
-	paused         map[*hostConn]*partition // paused hosts and the worker each waits for
+	paused         map[*hostConn]pauseCause // paused hosts and what each waits for
 	lastIngest     atomic.Int64
 	closing        atomic.Bool
 	stop           chan struct{}
@@ -191,7 +221,7 @@ func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingest
 		logger: r.logger.With("component", "hosts"),
 		client: loop.NewHTTPClient(r.cfg.AllowInsecureHosts, 20*time.Second),
 		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
-		paused:         map[*hostConn]*partition{},
+		paused:         map[*hostConn]pauseCause{},
 		stop:           make(chan struct{}),
 		backoff:        backoff,
 		checkpointSoon: func() {},
@@ -262,6 +292,7 @@ func (m *HostManager) start(ctx context.Context) error {
 
 func (m *HostManager) track(rec *meta.Host) *hostConn {
 	h := &hostConn{m: m, id: rec.ID, name: rec.Hostname, noSSL: rec.NoSSL, rec: *rec, drops: map[string]int64{}}
+	h.rate = newHostRate(limitsFor(rec.AccountLimit, rec.Trusted || m.r.trusted.trusts(rec.Hostname)))
 	h.tracker.reset(rec.Cursor)
 	if rs := m.r.recovered; rs != nil {
 		// Where recovery says the host resumes: never live once an event
@@ -523,15 +554,26 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 	m.retryLater(h, m.backoff(0))
 }
 
+// pauseCause is what a paused host waits for: room in a worker, the
+// dialer's checks (neither set), or its event rate limits.
+type pauseCause struct {
+	p    *partition
+	rate bool
+}
+
 // markPaused records h as paused, waiting for room in p (nil: waiting for
 // the dialer's checks). It refuses when maxPausedHosts are already paused.
 func (m *HostManager) markPaused(h *hostConn, p *partition) bool {
+	return m.markPausedFor(h, pauseCause{p: p})
+}
+
+func (m *HostManager) markPausedFor(h *hostConn, c pauseCause) bool {
 	m.pausedMu.Lock()
 	defer m.pausedMu.Unlock()
 	if _, ok := m.paused[h]; !ok && len(m.paused) >= maxPausedHosts {
 		return false
 	}
-	m.paused[h] = p
+	m.paused[h] = c
 	h.paused.Store(true)
 	return true
 }
@@ -541,6 +583,9 @@ func (m *HostManager) unmarkPaused(h *hostConn) {
 	delete(m.paused, h)
 	m.pausedMu.Unlock()
 	h.paused.Store(false)
+	if h.rate != nil {
+		m.throttled(h, h.rate.release(time.Now()))
+	}
 }
 
 // resumeLoop resumes paused hosts once what stopped them has room: the
@@ -558,15 +603,21 @@ func (m *HostManager) resumeLoop() {
 			return
 		case <-t.C:
 			ready = ready[:0]
+			now := time.Now()
 			m.pausedMu.Lock()
-			for h, p := range m.paused {
+			for h, c := range m.paused {
 				if h.tracker.full() {
 					continue
 				}
-				if p == nil && !h.ready.Load() {
+				if c.rate {
+					if !h.rate.ready(now) {
+						continue
+					}
+					m.throttled(h, h.rate.release(now))
+				} else if c.p == nil && !h.ready.Load() {
 					continue
 				}
-				if p != nil && len(p.in) > partitionQueue/2 {
+				if c.p != nil && len(c.p.in) > partitionQueue/2 {
 					continue
 				}
 				delete(m.paused, h)

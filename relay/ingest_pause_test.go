@@ -49,7 +49,7 @@ func TestIngestPausedHostLosesNothing(t *testing.T) {
 }
 
 func TestMarkPausedIsBounded(t *testing.T) {
-	m := &HostManager{paused: map[*hostConn]*partition{}}
+	m := &HostManager{paused: map[*hostConn]pauseCause{}}
 	hosts := make([]*hostConn, maxPausedHosts+1)
 	for i := range hosts {
 		hosts[i] = &hostConn{}

@@ -57,6 +57,7 @@ type Relay struct {
 	ing      *Ingester
 	hosts    *HostManager
 	bans     domainBans
+	trusted  trustedDomains
 	newHosts newHostBudget
 
 	recovered *recovered // what start-up recovery found (host resume points)
@@ -80,7 +81,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	r := &Relay{cfg: cfg, logger: logger, metrics: NewMetrics(), stop: make(chan struct{})}
+	r := &Relay{cfg: cfg, logger: logger, metrics: NewMetrics(), stop: make(chan struct{}), trusted: parseTrustedDomains(cfg.TrustedDomains)}
 	var err error
 	r.log, err = eventlog.Open(eventlog.Options{
 		Dir:              filepath.Join(cfg.DataDir, "events"),

@@ -131,12 +131,31 @@ func (m *HostManager) dispatch(h *hostConn, it *ingestItem, size int) error {
 		// cannot make the relay resubscribe live and miss what follows.
 		m.checkpointSoon()
 	}
+	now := time.Now()
+	if !h.rate.ready(now) {
+		// Over its event rate limits: the event waits (backpressure on
+		// this host's socket alone), nothing is dropped.
+		h.tracker.undispatch(it.useq, prevLast)
+		return m.pauseForRate(h, it, now)
+	}
 	if !p.offer(it) {
 		h.tracker.undispatch(it.useq, prevLast)
 		return m.pause(h, it, p)
 	}
+	h.rate.take(now)
 	h.received.Add(1)
 	return nil
+}
+
+// pauseForRate holds it until the host's rate limits allow it (see pause).
+func (m *HostManager) pauseForRate(h *hostConn, it *ingestItem, now time.Time) error {
+	if !m.markPausedFor(h, pauseCause{rate: true}) {
+		m.r.metrics.Counter("relay_host_backpressure_closes_total").Inc()
+		return loop.ErrBackpressure
+	}
+	h.rate.hold(now)
+	h.held = it
+	return loop.ErrPaused
 }
 
 // pause holds it and leaves its message in the socket buffer until the

@@ -129,6 +129,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	integer(&cfg.MaxConsumers, "max-consumers", "RELAY_MAX_CONSUMERS", "firehose connections served at once (0: no limit)")
 	integer(&cfg.ConsumerOutboundCap, "consumer-outbound-bytes", "RELAY_CONSUMER_OUTBOUND_BYTES", "bytes queued per consumer socket")
 	integer(&cfg.NewHostsPerDay, "new-hosts-per-day", "RELAY_NEW_HOSTS_PER_DAY", "requestCrawl limit on new hosts per day")
+	str(&cfg.TrustedDomains, "trusted-domains", "RELAY_TRUSTED_DOMAINS", "comma-separated host suffixes given the trusted limits tier; * trusts every host")
 	boolean(&cfg.InversionEnforced, "enforce-inversion", "RELAY_ENFORCE_INVERSION", "drop commits whose MST inversion fails (false: count them only)")
 	str(&cfg.CollectionsBackfillFrom, "collections-backfill-from", "RELAY_COLLECTIONS_BACKFILL_FROM", "source relay for the collection index backfill; none disables")
 	str(&cfg.CollectionsBackfillCollections, "collections-backfill-collections", "RELAY_COLLECTIONS_BACKFILL_COLLECTIONS", "comma-separated collections to backfill at the first start")

@@ -75,7 +75,7 @@ func startRelayProc(t *testing.T, bin, dataDir, plcURL string, env ...string) *r
 	p.cmd.Env = append(os.Environ(),
 		"RELAY_PORT="+p.api, "RELAY_METRICS_PORT="+p.metrics, "RELAY_DATA_DIR="+dataDir,
 		"RELAY_UPSTREAM=none", "RELAY_PLC_HOST="+plcURL, "RELAY_ALLOW_INSECURE_HOSTS=true",
-		"RELAY_LOG_LEVEL=warn", "DATABASE_URL=")
+		"RELAY_LOG_LEVEL=warn", "DATABASE_URL=", "RELAY_TRUSTED_DOMAINS=*")
 	p.cmd.Env = append(p.cmd.Env, env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -56,6 +56,7 @@ type Relay struct {
 // network can have thousands).
 func Config(plcURL, dataDir string) relay.Config {
 	cfg := relay.DefaultConfig()
+	cfg.TrustedDomains = "*" // the harness is a private network streaming at benchmark rates
 	cfg.Listen = "127.0.0.1:0"
 	cfg.MetricsListen = "127.0.0.1:0"
 	cfg.DataDir = dataDir

@@ -1,0 +1,104 @@
+package relay
+
+import (
+	"testing"
+	"time"
+
+	"github.com/relay/relay/perf"
+)
+
+func TestLimitsFor(t *testing.T) {
+	if l := limitsFor(100, false); l.PerSecond != 50.1 || l.PerHour != 2600 || l.PerDay != 21000 {
+		t.Fatalf("untrusted limits %+v", l)
+	}
+	if l := limitsFor(100, true); l.PerSecond != 5000 || l.PerHour != 50e6 || l.PerDay != 500e6 {
+		t.Fatalf("trusted limits %+v", l)
+	}
+	td := parseTrustedDomains(" Example.com, .pds.dev ,")
+	for host, want := range map[string]bool{
+		"example.com": true, "a.example.com": true, "a.example.com:2583": true, "x.pds.dev": true,
+		"badexample.com": false, "example.com.evil": false, "localhost:3000": false,
+	} {
+		if td.trusts(host) != want {
+			t.Errorf("trusts(%q) = %v", host, !want)
+		}
+	}
+	if !parseTrustedDomains("*").trusts("127.0.0.1:4000") {
+		t.Error("* does not trust everything")
+	}
+}
+
+// A host flooding past its event rate limit is held at it (its events
+// wait; none is dropped) while another host's events keep flowing; the
+// hold is counted, and raising the limit live ends it.
+func TestFloodHostHeldAtItsLimit(t *testing.T) {
+	n := startTestNet(t, 2, func(c *Config) {
+		c.TrustedDomains = ""
+		c.DefaultAccountLimit = 0 // 50 events/s, 2,500/h, 20,000/day
+	})
+	flood, calm := n.hosts[0], n.hosts[1]
+	var floodAccts []*perf.Account
+	for i := 0; i < 4; i++ {
+		a, err := perf.NewAccount(perf.K256, "flood"+string(rune('a'+i))+".test", n.plc, flood)
+		if err != nil {
+			t.Fatal(err)
+		}
+		floodAccts = append(floodAccts, a)
+	}
+	calmAcct, err := perf.NewAccount(perf.K256, "calm.test", n.plc, calm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, flood)
+	n.crawl(t, calm)
+	c := dialConsumer(t, n.r.Addr(), "")
+	const floodN = 200
+	var lastFlood string
+	for i := 0; i < floodN; i++ {
+		lastFlood = emitCommit(t, floodAccts[i%len(floodAccts)], flood, 1)
+	}
+	time.Sleep(200 * time.Millisecond) // the flood is now past its burst and held
+	var calmRevs []string
+	for i := 0; i < 5; i++ {
+		calmRevs = append(calmRevs, emitCommit(t, calmAcct, calm, 1))
+	}
+	got := collectEvents(t, c, floodN+5, 30*time.Second)
+	calmAt, floodLastAt := -1, -1
+	for i, e := range got {
+		if e.did == calmAcct.DID && e.rev == calmRevs[4] {
+			calmAt = i
+		}
+		if e.rev == lastFlood {
+			floodLastAt = i
+		}
+	}
+	if calmAt < 0 || floodLastAt < 0 {
+		t.Fatalf("missing events: calm at %d, last flood at %d", calmAt, floodLastAt)
+	}
+	if calmAt > floodLastAt {
+		t.Fatalf("the calm host's events waited behind the flood (calm done at %d, flood at %d)", calmAt, floodLastAt)
+	}
+	info := hostRecord(t, n.r, flood.Host())
+	if info.ThrottledSeconds <= 0 || len(info.Drops) != 0 {
+		t.Fatalf("flood host: throttled %.2fs, drops %v; want a counted hold and no drops", info.ThrottledSeconds, info.Drops)
+	}
+	if info.Limits.PerSecond != 50 {
+		t.Fatalf("flood host limits %+v", info.Limits)
+	}
+	if calmInfo := hostRecord(t, n.r, calm.Host()); calmInfo.ThrottledSeconds != 0 {
+		t.Fatalf("calm host throttled %.2fs", calmInfo.ThrottledSeconds)
+	}
+	// Trusting the host takes effect live: a second flood is not held.
+	trusted := true
+	if _, err := n.r.ChangeHostLimits(t.Context(), flood.Host(), nil, &trusted); err != nil {
+		t.Fatal(err)
+	}
+	before := info.ThrottledSeconds
+	for i := 0; i < floodN; i++ {
+		emitCommit(t, floodAccts[i%len(floodAccts)], flood, 1)
+	}
+	collectEvents(t, c, floodN, 10*time.Second)
+	if after := hostRecord(t, n.r, flood.Host()); after.ThrottledSeconds != before || after.Limits.PerSecond != trustedPerSecond {
+		t.Fatalf("after trusting: throttled %.2fs (was %.2fs), limits %+v", after.ThrottledSeconds, before, after.Limits)
+	}
+}
