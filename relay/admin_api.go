@@ -24,6 +24,7 @@ func (r *Relay) registerAdminAPI(mux *http.ServeMux) {
 		{http.MethodPost, "/admin/hosts/block", r.handleAdminBlock},
 		{http.MethodPost, "/admin/hosts/unblock", r.handleAdminUnblock},
 		{http.MethodPost, "/admin/hosts/changeLimits", r.handleAdminChangeLimits},
+		{http.MethodPost, "/admin/hosts/resetCursor", r.handleAdminResetCursor},
 		{http.MethodPost, "/admin/accounts/takedown", r.handleAdminTakedown},
 		{http.MethodPost, "/admin/accounts/reverseTakedown", r.handleAdminReverseTakedown},
 		{http.MethodGet, "/admin/domainBans", r.handleAdminDomainBans},
@@ -153,6 +154,21 @@ func (r *Relay) handleAdminBlock(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "hostname": rec.Hostname, "status": rec.Status})
+}
+
+func (r *Relay) handleAdminResetCursor(w http.ResponseWriter, req *http.Request) {
+	name, ok := hostnameBody(w, req)
+	if !ok {
+		return
+	}
+	ctx, cancel := adminContext(req)
+	defer cancel()
+	rec, err := r.ResetHostCursor(ctx, name)
+	if err != nil {
+		r.writeAdminError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "hostname": rec.Hostname, "cursor": rec.Cursor})
 }
 
 func (r *Relay) handleAdminUnblock(w http.ResponseWriter, req *http.Request) {

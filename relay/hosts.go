@@ -200,6 +200,11 @@ type HostManager struct {
 	// backoff is the wait before redial number failures+1; it is a field
 	// so that tests can make reconnection immediate.
 	backoff func(failures int) time.Duration
+	// probeBackoff is the wait before probe n of an offline host (a field
+	// for the same reason).
+	probeBackoff func(n int) time.Duration
+	// resyncHost schedules resyncs of a host's accounts (nil: none).
+	resyncHost func(hostID uint64)
 
 	mu     sync.Mutex
 	hosts  map[uint64]*hostConn
@@ -224,6 +229,7 @@ func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingest
 		paused:         map[*hostConn]pauseCause{},
 		stop:           make(chan struct{}),
 		backoff:        backoff,
+		probeBackoff:   offlineProbe,
 		checkpointSoon: func() {},
 	}
 	if !r.cfg.AllowInsecureHosts {
@@ -277,8 +283,11 @@ func (m *HostManager) start(ctx context.Context) error {
 	var toConnect []*hostConn
 	for _, rec := range all {
 		h := m.track(rec)
-		if rec.Status == meta.HostActive || rec.Status == meta.HostIdle || rec.Status == meta.HostThrottled {
+		switch rec.Status {
+		case meta.HostActive, meta.HostIdle, meta.HostThrottled:
 			toConnect = append(toConnect, h)
+		case meta.HostOffline:
+			m.retryLater(h, m.probeBackoff(max(rec.Failures-maxHostFailures+1, 1)))
 		}
 	}
 	m.wg.Add(2)
@@ -433,8 +442,13 @@ func (m *HostManager) dialFailed(h *hostConn, err error) {
 	h.mu.Unlock()
 	m.r.metrics.Counter("relay_host_dial_failures_total").Inc()
 	if failures >= maxHostFailures {
-		m.logger.Warn("host offline after repeated failures", "host", h.name, "failures", failures, "err", err)
+		// Offline, not forgotten: probed again with a slow backoff, and a
+		// requestCrawl from it brings it back at once.
+		probe := failures - maxHostFailures + 1
+		wait := m.probeBackoff(probe)
+		m.logger.Warn("host offline after repeated failures; probing later", "host", h.name, "failures", failures, "err", err, "probe_in", wait.Round(time.Second))
 		m.setStatus(h, meta.HostOffline)
+		m.retryLater(h, wait)
 		return
 	}
 	m.logger.Info("host dial failed", "host", h.name, "failures", failures, "err", err)
@@ -540,14 +554,13 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 		return
 	}
 	if idle {
-		m.logger.Warn("host says our cursor is in its future; idle", "host", h.name, "cursor", h.tracker.lastSeq(), "retry_in", idleRetry)
-		// Persist off the event loop: a store write may block.
+		// Check the host off the event loop (describeServer, store writes).
 		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.writeHost(h)
-		}()
-		m.retryLater(h, idleRetry)
+		go m.onFutureCursor(h)
+		return
+	}
+	if errors.Is(err, ErrUpstreamOutdated) {
+		m.onOutdatedCursor(h)
 		return
 	}
 	m.logger.Info("host disconnected; reconnecting", "host", h.name, "err", err)

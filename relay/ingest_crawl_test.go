@@ -145,19 +145,22 @@ func TestRequestCrawlRefusesRelays(t *testing.T) {
 	}
 }
 
-// A host that answers FutureCursor (it lost its history) goes idle and is
-// not redialed in a loop.
-func TestHostIdleOnFutureCursor(t *testing.T) {
+// A PDS that answers FutureCursor to the stored cursor was reset: once
+// describeServer shows it is still a PDS, the relay resumes from its head
+// (live), counts the reset, and relays what the reset PDS emits next.
+func TestResetPDSResumesFromItsHead(t *testing.T) {
 	n := startTestNetHooked(t, 1, nil, fastRedial)
 	p := n.hosts[0]
-	a, err := perf.NewAccount(perf.K256, "idle.test", n.plc, p)
+	a, err := perf.NewAccount(perf.K256, "reset.test", n.plc, p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
 	for i := 0; i < 3; i++ {
 		emitCommit(t, a, p, 1)
 	}
+	collectEvents(t, c, 3, 20*time.Second)
 	h := n.r.hosts.byHostname(p.Host())
 	waitUntil(t, 20*time.Second, "3 events durable", func() bool { return h.tracker.cursor() == 3 })
 
@@ -168,25 +171,137 @@ func TestHostIdleOnFutureCursor(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(fresh.Close)
-	waitUntil(t, 10*time.Second, "host idle", func() bool { return h.status() == meta.HostIdle })
-	// The idle status is persisted off the event loop: wait for the
-	// store to have it, then check what it has.
-	var stored *meta.Host
-	waitUntil(t, 10*time.Second, "idle status stored", func() bool {
-		var err error
-		stored, err = n.r.store.GetHostByName(context.Background(), addr)
-		return err == nil && stored.Status == meta.HostIdle
+	a.MoveTo(n.plc, fresh) // same host name: the account lives on the reset PDS
+	waitUntil(t, 10*time.Second, "resubscribed live", func() bool {
+		cs := fresh.Cursors()
+		return len(cs) >= 2 && cs[0] == 3 && cs[len(cs)-1] == -1
 	})
-	if stored.Cursor != 3 {
-		t.Errorf("stored host: status %s cursor %d, want idle at 3", stored.Status, stored.Cursor)
+	if got := n.r.metrics.set.GetOrCreateCounter(`relay_host_cursor_resets_total{reason="future_cursor"}`).Get(); got != 1 {
+		t.Fatalf("cursor resets %d, want 1", got)
 	}
-	time.Sleep(100 * time.Millisecond) // twenty redial periods: none must happen
-	if c := fresh.Cursors(); len(c) != 1 || c[0] != 3 {
-		t.Errorf("fresh PDS saw subscriptions %v, want exactly one, at cursor 3", c)
+	rev := emitCommit(t, a, fresh, 1)
+	if e := collectEvents(t, c, 1, 10*time.Second)[0]; e.did != a.DID || e.rev != rev {
+		t.Fatalf("after the reset: %v, want rev %s", e, rev)
 	}
-	if h.connected.Load() {
-		t.Error("idle host is still connected")
+	if s := h.status(); s != meta.HostActive {
+		t.Fatalf("host status %s, want active", s)
 	}
+}
+
+// A host whose retention no longer has our cursor (#info OutdatedCursor)
+// is not replayed from its oldest event: the relay resumes live.
+func TestOutdatedCursorResumesLive(t *testing.T) {
+	n := startTestNetHooked(t, 1, nil, fastRedial)
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "outdated.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
+	emitCommit(t, a, p, 1)
+	collectEvents(t, c, 1, 20*time.Second)
+	h := n.r.hosts.byHostname(p.Host())
+	waitUntil(t, 10*time.Second, "1 event durable", func() bool { return h.tracker.cursor() == 1 })
+	if _, err := n.r.BlockHost(t.Context(), p.Host()); err != nil { // no redial meanwhile
+		t.Fatal(err)
+	}
+
+	// Meanwhile the PDS moves on and trims what the relay's cursor needs.
+	addr := p.Host()
+	p.Close()
+	small, err := perf.StartPDS(perf.PDSOptions{Addr: addr, MaxLogFrames: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(small.Close)
+	a.MoveTo(n.plc, small)
+	for i := 0; i < 10; i++ {
+		emitCommit(t, a, small, 1) // seqs 1..10; 1..6 trimmed
+	}
+	if _, err := n.r.UnblockHost(t.Context(), addr); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "resubscribed live", func() bool {
+		cs := small.Cursors()
+		return len(cs) >= 2 && cs[len(cs)-1] == -1
+	})
+	if got := n.r.metrics.set.GetOrCreateCounter(`relay_host_cursor_resets_total{reason="outdated_cursor"}`).Get(); got != 1 {
+		t.Fatalf("cursor resets %d, want 1", got)
+	}
+	rev := emitCommit(t, a, small, 1)
+	for {
+		e, err := c.nextEvent(10 * time.Second)
+		if err != nil {
+			t.Fatalf("the live commit never arrived: %v", err)
+		}
+		if e.rev == rev {
+			break
+		}
+	}
+}
+
+// An offline host is probed again (slowly), and comes back when it
+// answers; requestCrawl brings an offline host back at once.
+func TestOfflineHostIsProbedAndReturns(t *testing.T) {
+	n := startTestNetHooked(t, 1, nil, func(r *Relay) {
+		fastRedial(r)
+		r.hosts.probeBackoff = func(int) time.Duration { return 50 * time.Millisecond }
+	})
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "offline.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	h := n.r.hosts.byHostname(p.Host())
+	addr := p.Host()
+	p.Close()
+	waitUntil(t, 10*time.Second, "host offline", func() bool { return h.status() == meta.HostOffline })
+	back, err := perf.StartPDS(perf.PDSOptions{Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(back.Close)
+	a.MoveTo(n.plc, back)
+	waitUntil(t, 10*time.Second, "probed back to active", func() bool { return h.status() == meta.HostActive && h.connected.Load() })
+	c := dialConsumer(t, n.r.Addr(), "")
+	rev := emitCommit(t, a, back, 1)
+	if e := collectEvents(t, c, 1, 10*time.Second)[0]; e.rev != rev {
+		t.Fatalf("after the probe: %v", e)
+	}
+	// Offline again, with probes far away: requestCrawl brings it back now.
+	n.r.hosts.probeBackoff = offlineProbe
+	back.Close()
+	waitUntil(t, 10*time.Second, "host offline again", func() bool { return h.status() == meta.HostOffline })
+	again, err := perf.StartPDS(perf.PDSOptions{Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(again.Close)
+	requestCrawl(t, n.r, addr, http.StatusOK)
+	waitUntil(t, 10*time.Second, "back after requestCrawl", func() bool { return h.status() == meta.HostActive && h.connected.Load() })
+}
+
+// Admin resetCursor forgets a host's cursor and resubscribes it live.
+func TestAdminResetCursor(t *testing.T) {
+	n := startTestNetHooked(t, 1, nil, fastRedial)
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "admreset.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	emitCommit(t, a, p, 1)
+	h := n.r.hosts.byHostname(p.Host())
+	waitUntil(t, 10*time.Second, "1 event durable", func() bool { return h.tracker.cursor() == 1 })
+	if _, err := n.r.ResetHostCursor(t.Context(), p.Host()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "resubscribed live", func() bool {
+		cs := p.Cursors()
+		return len(cs) >= 2 && cs[len(cs)-1] == -1
+	})
 }
 
 // Fifteen consecutive failed dials mark a host offline, and the relay

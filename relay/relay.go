@@ -137,6 +137,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 	r.hosts = newHostManager(r, r.store, r.engine, r.ing)
 	r.ckpt = newCheckpointer(r.store, r.derived, r.hosts, rec.seq, r.metrics, logger.With("component", "checkpoint"))
 	r.hosts.checkpointSoon = r.ckpt.soon
+	r.hosts.resyncHost = r.resyncHostAccounts
 	r.registerGauges()
 	r.wg.Add(1)
 	go r.retention()

@@ -91,6 +91,10 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 		var ev comatproto.SyncSubscribeRepos_Info
 		if ev.UnmarshalCBOR(r) == nil {
 			m.logger.Info("host sent #info", "host", h.name, "name", ev.Name)
+			if ev.Name == "OutdatedCursor" && h.tracker.lastSeq() > 0 {
+				// Do not replay its whole window: resume live, resync.
+				return ErrUpstreamOutdated
+			}
 		}
 		return nil
 	default:

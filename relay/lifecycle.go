@@ -1,0 +1,141 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/relay/relay/persist/meta"
+)
+
+// Host lifecycle (README "Host statuses"): an offline host is probed again
+// with a slow backoff; a host that says our cursor is in its future (a
+// reset PDS) resumes live from its head once describeServer shows it is
+// still a PDS; a host that says our cursor is older than its retention
+// resumes live and its accounts are resynced instead of replaying its
+// whole window.
+const (
+	// offlineProbeBase and offlineProbeMax bound the wait between probes
+	// of an offline host (doubling from the base).
+	offlineProbeBase = time.Hour
+	offlineProbeMax  = 24 * time.Hour
+	// cursorResetTimeout bounds the describeServer check before a reset.
+	cursorResetTimeout = 30 * time.Second
+)
+
+// Lifecycle errors.
+var (
+	// ErrUpstreamOutdated: the host's #info OutdatedCursor: our cursor is
+	// older than what it retains.
+	ErrUpstreamOutdated = errors.New("relay: host says our cursor is older than its retention")
+	// ErrCursorReset closes a host whose cursor an admin reset.
+	ErrCursorReset = errors.New("relay: host cursor reset")
+)
+
+// offlineProbe is the wait before probe number n (1-based) of an offline
+// host: 1 h, 2 h, 4 h ... capped at 24 h, with jitter in [d/2, d].
+func offlineProbe(n int) time.Duration {
+	d := offlineProbeBase << min(max(n-1, 0), 8)
+	if d > offlineProbeMax || d <= 0 {
+		d = offlineProbeMax
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// resetToLive forgets h's cursor: the next subscription starts at the
+// host's head. The stored repo revs still refuse anything the relay
+// already has, and the next checkpoint stores the new cursor.
+func (m *HostManager) resetToLive(h *hostConn, reason string) {
+	h.tracker.reset(0)
+	h.subscribed.Store(false)
+	m.r.metrics.set.GetOrCreateCounter(`relay_host_cursor_resets_total{reason="` + reason + `"}`).Inc()
+	m.checkpointSoon()
+}
+
+// onFutureCursor handles a host that answered FutureCursor to our cursor:
+// a PDS whose seq was reset. If describeServer shows it is still a PDS,
+// resume live from its current head; else wait idle as before.
+func (m *HostManager) onFutureCursor(h *hostConn) {
+	defer m.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), cursorResetTimeout)
+	err := m.describeServer(ctx, h.name, h.noSSL)
+	cancel()
+	if err != nil {
+		m.logger.Warn("host says our cursor is in its future and does not describe itself; idle", "host", h.name, "err", err, "retry_in", idleRetry)
+		m.writeHost(h)
+		m.retryLater(h, idleRetry)
+		return
+	}
+	m.logger.Warn("host says our cursor is in its future (a reset PDS); resuming from its head", "host", h.name, "cursor", h.tracker.lastSeq())
+	m.resetToLive(h, "future_cursor")
+	m.setStatus(h, meta.HostActive)
+	m.connect(h)
+}
+
+// onOutdatedCursor handles a host whose retention no longer has our
+// cursor: resume live, and resync its accounts (their repos may have
+// changed in the events we skip).
+func (m *HostManager) onOutdatedCursor(h *hostConn) {
+	m.logger.Warn("host says our cursor is older than its retention; resuming live and resyncing its accounts", "host", h.name, "cursor", h.tracker.lastSeq())
+	m.resetToLive(h, "outdated_cursor")
+	if m.resyncHost != nil {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.resyncHost(h.id)
+		}()
+	}
+	m.retryLater(h, m.backoff(0))
+}
+
+// ResetHostCursor is the admin action: the host's cursor is forgotten and
+// it is resubscribed live from its head.
+func (r *Relay) ResetHostCursor(ctx context.Context, hostname string) (meta.Host, error) {
+	h, err := r.trackedHost(hostname)
+	if err != nil {
+		return meta.Host{}, err
+	}
+	r.hosts.disconnect(h, ErrCursorReset)
+	r.hosts.resetToLive(h, "admin")
+	rec, err := r.hosts.persistHost(ctx, h, func(*meta.Host) {})
+	r.hosts.connect(h)
+	if err != nil {
+		return rec, fmt.Errorf("persist host: %w", err)
+	}
+	r.adminCounter("reset_cursor")
+	r.logger.Info("admin: host cursor reset", "host", h.name)
+	return rec, nil
+}
+
+// resyncHostAccounts asks the collection index to resync every account of
+// the host (paged through the store; bounded by the resync queue, whose
+// refusals are retried by the index's own rescan).
+func (r *Relay) resyncHostAccounts(hostID uint64) {
+	if r.coll == nil || r.coll.svc == nil {
+		return
+	}
+	after, queued := uint64(0), 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), apiStoreTimeout)
+		page, err := r.store.ListAccounts(ctx, after, 1000)
+		cancel()
+		if err != nil {
+			r.logger.Error("resync of a host's accounts: listing failed", "host", hostID, "err", err)
+			return
+		}
+		for _, a := range page {
+			if a.HostID == hostID {
+				if ok, _ := r.coll.svc.Resync(a.DID, false); ok {
+					queued++
+				}
+			}
+		}
+		if len(page) < 1000 {
+			break
+		}
+		after = page[len(page)-1].UID
+	}
+	r.logger.Info("resyncs scheduled for a host's accounts", "host", hostID, "queued", queued)
+}
