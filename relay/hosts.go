@@ -87,6 +87,9 @@ type hostConn struct {
 
 	tracker seqTracker
 	rate    *hostRate // event rate limits (ratelimit.go)
+	// syncV11: the host sent a valid sync-1.1 commit (with prevData and a
+	// passing inversion), so it is validated strictly from then on.
+	syncV11 atomic.Bool
 }
 
 func (h *hostConn) status() meta.HostStatus {
@@ -166,6 +169,9 @@ type HostInfo struct {
 	Rate             float64    `json:"rate"`
 	ThrottledSeconds float64    `json:"throttledSeconds"`
 	TrustedTier      bool       `json:"trustedTier"`
+	// StrictSync: the host is held to sync 1.1 (it sent a valid sync-1.1
+	// commit); until then its commits are validated leniently.
+	StrictSync bool `json:"strictSync"`
 }
 
 func (h *hostConn) info() HostInfo {
@@ -182,6 +188,7 @@ func (h *hostConn) info() HostInfo {
 		Limits: *h.rate.limits.Load(), Rate: h.rate.current(time.Now()),
 		ThrottledSeconds: time.Duration(h.rate.throttledNanos.Load()).Seconds(),
 		TrustedTier:      rec.Trusted || h.m.r.trusted.trusts(h.name),
+		StrictSync:       h.syncV11.Load() && !h.m.r.cfg.LenientSyncValidation,
 	}
 }
 

@@ -486,11 +486,20 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	ctx := context.Background() // validation does no I/O
 	switch {
 	case it.commit != nil:
+		// Per-host lenient sync: a host is held to sync 1.1 only once it
+		// has sent a valid sync-1.1 commit (RELAY_LENIENT_SYNC_VALIDATION
+		// makes every host lenient).
+		v := p.ing.v
+		v.lenient = v.lenient || !it.host.syncV11.Load()
 		res, ok := p.verifyRepoEvent(it, st, func() (*verified, error) {
-			return p.ing.v.Commit(ctx, it.commit, info.key, st.head)
+			return v.Commit(ctx, it.commit, info.key, st.head)
 		})
 		if !ok {
 			return
+		}
+		if it.commit.PrevData != nil && res.inversionErr == nil && !it.host.syncV11.Load() {
+			it.host.syncV11.Store(true)
+			p.ing.logger.Info("host sends sync 1.1 commits; validating it strictly from now on", "host", it.host.name)
 		}
 		if res.inversionErr != nil {
 			r.metrics.Counter("relay_inversion_failures_total").Inc()

@@ -129,7 +129,7 @@ func TestIngestIndigoScenarios(t *testing.T) {
 				t.Fatal(err)
 			}
 			want, drops, legacy := scenarioExpectations(t, &s)
-			got, dropped := runScenario(t, &s, s.Lenient)
+			got, dropped := runScenario(t, &s, s.Lenient, false)
 			if len(got) != len(want) {
 				t.Fatalf("relayed %d messages, want %d: %v", len(got), len(want), got)
 			}
@@ -142,7 +142,8 @@ func TestIngestIndigoScenarios(t *testing.T) {
 				t.Errorf("relay dropped %v, want %d drops", dropped, drops)
 			}
 			if s.Lenient && legacy > 0 {
-				strict, dropped := runScenario(t, &s, false)
+				// Strict: a host already known to send sync 1.1.
+				strict, dropped := runScenario(t, &s, false, true)
 				if len(strict) != len(want)-legacy || dropped["invalid_commit"] < int64(legacy) {
 					t.Errorf("strict mode relayed %d of the %d messages (drops %v); want the %d follow-up commits without prevData refused as invalid_commit",
 						len(strict), len(want), dropped, legacy)
@@ -185,7 +186,10 @@ func total(m map[string]int64) int64 {
 
 // runScenario plays s into a fresh relay and returns what the relay
 // emitted once it is quiet, and its drops by reason.
-func runScenario(t *testing.T, s *relayScenario, lenient bool) ([]event, map[string]int64) {
+//
+// strictHost marks the host as one that already sent a sync-1.1 commit,
+// so it is validated strictly from its first message.
+func runScenario(t *testing.T, s *relayScenario, lenient, strictHost bool) ([]event, map[string]int64) {
 	t.Helper()
 	n := startTestNet(t, 1, func(cfg *Config) { cfg.LenientSyncValidation = lenient })
 	p := n.hosts[0]
@@ -200,6 +204,9 @@ func runScenario(t *testing.T, s *relayScenario, lenient bool) ([]event, map[str
 		n.plc.Put(a.Identity.DID, a.Identity.Handle, key, p.URL())
 	}
 	n.crawl(t, p)
+	if strictHost {
+		n.r.hosts.byHostname(p.Host()).syncV11.Store(true)
+	}
 	c := dialConsumer(t, n.r.Addr(), "")
 	for i, m := range s.Messages {
 		if m.Frame.Header.Op != 1 {
@@ -232,4 +239,47 @@ func runScenario(t *testing.T, s *relayScenario, lenient bool) ([]event, map[str
 		got = append(got, e)
 	}
 	return got, hostRecord(t, n.r, p.Host()).Drops
+}
+
+// A host is validated leniently until its first valid sync-1.1 commit:
+// commits without prevData pass before it, and are refused after it.
+func TestLenientUntilSync11(t *testing.T) {
+	n := startTestNet(t, 1, nil)
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "legacy.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
+	legacy := func() perf.Event {
+		ev := mustCommit(t, a, 1)
+		ev.Commit.PrevData = nil // a pre-sync-1.1 PDS omits it
+		return ev
+	}
+	first := legacy()
+	p.Emit(first)
+	second := legacy()
+	p.Emit(second) // no prevData after a first commit: strict would refuse
+	got := collectEvents(t, c, 2, 10*time.Second)
+	if got[1].rev != second.Commit.Rev {
+		t.Fatalf("legacy commit before any sync 1.1: %v", got)
+	}
+	h := n.r.hosts.byHostname(p.Host())
+	if h.info().StrictSync {
+		t.Fatal("host strict before a sync-1.1 commit")
+	}
+	modern := mustCommit(t, a, 1)
+	p.Emit(modern)
+	if e := collectEvents(t, c, 1, 10*time.Second)[0]; e.rev != modern.Commit.Rev {
+		t.Fatalf("sync-1.1 commit: %v", e)
+	}
+	if !h.info().StrictSync {
+		t.Fatal("host not strict after a valid sync-1.1 commit")
+	}
+	p.Emit(legacy())
+	waitUntil(t, 10*time.Second, "legacy commit refused", func() bool {
+		return hostRecord(t, n.r, p.Host()).Drops["invalid_commit"] == 1
+	})
+	expectNoEvent(t, c, 200*time.Millisecond)
 }
