@@ -64,6 +64,15 @@ type Config struct {
 	// "*" for every host) get the trusted tier: high event rate limits and
 	// no account limit.
 	TrustedDomains string
+	// SeedRelays (RELAY_SEED_RELAYS, comma-separated) are paged for hosts
+	// along with Upstream, every DiscoveryInterval.
+	SeedRelays string
+	// DiscoveryInterval is the time between discovery passes (0: one pass
+	// at start).
+	DiscoveryInterval time.Duration
+	// SiblingRelays (RELAY_SIBLING_RELAYS, comma-separated) get a copy of
+	// every requestCrawl this relay accepts (not of forwarded ones).
+	SiblingRelays string
 	// SegmentEvents is the number of events per event log segment (0: the
 	// event log's default). Small values make retention finer-grained.
 	SegmentEvents int
@@ -117,5 +126,6 @@ func DefaultConfig() Config {
 		NewHostsPerDay:      DefaultNewHostsPerDay,
 		DefaultAccountLimit: DefaultAccountLimit,
 		InversionEnforced:   true,
+		DiscoveryInterval:   DefaultDiscoveryInterval,
 	}
 }

@@ -212,6 +212,8 @@ type HostManager struct {
 	probeBackoff func(n int) time.Duration
 	// resyncHost schedules resyncs of a host's accounts (nil: none).
 	resyncHost func(hostID uint64)
+	// fwd forwards accepted requestCrawls to sibling relays.
+	fwd *forwarder
 
 	mu     sync.Mutex
 	hosts  map[uint64]*hostConn
@@ -297,6 +299,7 @@ func (m *HostManager) start(ctx context.Context) error {
 			m.retryLater(h, m.probeBackoff(max(rec.Failures-maxHostFailures+1, 1)))
 		}
 	}
+	m.fwd = newForwarder(m, splitList(m.r.cfg.SiblingRelays))
 	m.wg.Add(2)
 	go m.resumeLoop()
 	go func() {

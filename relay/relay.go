@@ -191,9 +191,14 @@ func (r *Relay) Start() error {
 	if err := r.hosts.start(ctx); err != nil {
 		return err
 	}
+	var seeds []string
 	if r.cfg.Upstream != "" {
+		seeds = append(seeds, r.cfg.Upstream)
+	}
+	seeds = append(seeds, splitList(r.cfg.SeedRelays)...)
+	if len(seeds) > 0 {
 		r.hosts.wg.Add(1)
-		go r.hosts.bootstrap(r.cfg.Upstream)
+		go r.hosts.discover(seeds, r.cfg.DiscoveryInterval)
 	}
 	return nil
 }

@@ -52,10 +52,14 @@ func (r *Relay) handleRequestCrawl(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "hostname is required")
 		return
 	}
-	_, err := r.hosts.AddHost(req.Context(), in.Hostname, r.isAdmin(req))
+	rec, err := r.hosts.AddHost(req.Context(), in.Hostname, r.isAdmin(req))
 	if err != nil {
 		r.writeCrawlError(w, err)
 		return
+	}
+	if req.Header.Get(ForwardedHeader) == "" {
+		// Forward to the siblings, once: a forwarded request stops here.
+		r.hosts.fwd.forward(rec.Hostname)
 	}
 	w.WriteHeader(http.StatusOK)
 }

@@ -112,7 +112,11 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	port(&cfg.MetricsListen, "metrics-port", "RELAY_METRICS_PORT", "metrics and health port or address")
 	str(&cfg.DataDir, "data-dir", "RELAY_DATA_DIR", "event log and embedded store directory")
 	str(&cfg.DatabaseURL, "database-url", "DATABASE_URL", "Postgres metadata store (empty: embedded Pebble)")
-	str(&cfg.Upstream, "upstream", "RELAY_UPSTREAM", "seed relay for listHosts bootstrap; none disables")
+	str(&cfg.Upstream, "upstream", "RELAY_UPSTREAM", "seed relay whose listHosts is paged for new hosts; none disables")
+	str(&cfg.SeedRelays, "seed-relays", "RELAY_SEED_RELAYS", "more comma-separated seed relays for host discovery")
+	str(&cfg.SiblingRelays, "sibling-relays", "RELAY_SIBLING_RELAYS", "comma-separated relays that accepted requestCrawls are forwarded to")
+	discoveryMinutes := int(cfg.DiscoveryInterval / time.Minute)
+	integer(&discoveryMinutes, "discovery-interval-minutes", "RELAY_DISCOVERY_INTERVAL_MINUTES", "minutes between host discovery passes over the seed relays (0: only at start)")
 	str(&cfg.PLCHost, "plc-host", "RELAY_PLC_HOST", "did:plc directory URL")
 	str(&cfg.AdminPassword, "admin-password", "RELAY_ADMIN_PASSWORD", "admin API password (empty: admin disabled)")
 	boolean(&cfg.AllowInsecureHosts, "allow-insecure-hosts", "RELAY_ALLOW_INSECURE_HOSTS", "allow localhost:PORT, ws:// and private addresses (development only)")
@@ -144,6 +148,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	cfg.Retention = time.Duration(retentionHours) * time.Hour
 	cfg.MaxEventsBytes = int64(maxGB) << 30
 	cfg.ConsumerMaxLag = int64(maxLag)
+	cfg.DiscoveryInterval = time.Duration(discoveryMinutes) * time.Minute
 	if strings.EqualFold(cfg.Upstream, "none") {
 		cfg.Upstream = ""
 	}
