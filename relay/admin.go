@@ -159,6 +159,7 @@ func (r *Relay) ChangeHostLimits(ctx context.Context, hostname string, accountLi
 		return rec, err
 	}
 	h.rate.set(h.limits()) // live: the host's next event is measured against them
+	h.ident.Store(identityLimiter(rec.AccountLimit, h.trusted()))
 	r.adminCounter("change_limits")
 	r.logger.Info("admin: host limits changed", "host", h.name, "accountLimit", rec.AccountLimit, "trusted", rec.Trusted)
 	return rec, nil

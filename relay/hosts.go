@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/relay/relay/loop"
 	"github.com/relay/relay/persist/meta"
 )
@@ -86,7 +88,8 @@ type hostConn struct {
 	lastErr    atomic.Pointer[hostError]
 
 	tracker seqTracker
-	rate    *hostRate // event rate limits (ratelimit.go)
+	rate    *hostRate                    // event rate limits (ratelimit.go)
+	ident   atomic.Pointer[rate.Limiter] // identity lookup budget (ratelimit.go)
 	// syncV11: the host sent a valid sync-1.1 commit (with prevData and a
 	// passing inversion), so it is validated strictly from then on.
 	syncV11 atomic.Bool
@@ -122,6 +125,12 @@ func (h *hostConn) accountLimitReached() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return !trusted && h.rec.AccountLimit > 0 && h.rec.AccountCount >= h.rec.AccountLimit
+}
+
+// identityAllowed takes one identity lookup from the host's budget.
+func (h *hostConn) identityAllowed() bool {
+	b := h.ident.Load()
+	return b == nil || b.Allow()
 }
 
 // trusted reports whether the host has the trusted tier: marked by an
@@ -311,7 +320,9 @@ func (m *HostManager) start(ctx context.Context) error {
 
 func (m *HostManager) track(rec *meta.Host) *hostConn {
 	h := &hostConn{m: m, id: rec.ID, name: rec.Hostname, noSSL: rec.NoSSL, rec: *rec, drops: map[string]int64{}}
-	h.rate = newHostRate(limitsFor(rec.AccountLimit, rec.Trusted || m.r.trusted.trusts(rec.Hostname)))
+	trusted := rec.Trusted || m.r.trusted.trusts(rec.Hostname)
+	h.rate = newHostRate(limitsFor(rec.AccountLimit, trusted))
+	h.ident.Store(identityLimiter(rec.AccountLimit, trusted))
 	h.tracker.reset(rec.Cursor)
 	if rs := m.r.recovered; rs != nil {
 		// Where recovery says the host resumes: never live once an event

@@ -281,6 +281,15 @@ func (p *partition) waitFor(it *ingestItem) {
 }
 
 func (p *partition) requestResolve(did string) {
+	if q := p.pending[did]; len(q) > 0 && q[0].host != nil && !q[0].host.identityAllowed() {
+		// The host's identity lookups are over budget: its events wait
+		// (they fill its in-flight budget, which pauses its socket) and
+		// the lookup is retried on the sweep. One host cannot make the
+		// relay hammer the PLC directory.
+		p.ing.r.metrics.identityBudgetWaits.Inc()
+		p.unsent[did] = true
+		return
+	}
 	ok := p.ing.resolver.Resolve(did, func(info *identInfo) {
 		select {
 		case p.resolved <- info:

@@ -28,12 +28,13 @@ type Metrics struct {
 	durableSeconds  *metrics.Histogram
 	sequencerFailed *metrics.Counter
 
-	checkpointSeconds  *metrics.Histogram
-	checkpointFailures *metrics.Counter
-	storeRetries       *metrics.Counter
-	notSequenced       *metrics.Counter
-	replayReadErrors   *metrics.Counter
-	consumersRefused   *metrics.Counter
+	checkpointSeconds   *metrics.Histogram
+	checkpointFailures  *metrics.Counter
+	storeRetries        *metrics.Counter
+	notSequenced        *metrics.Counter
+	replayReadErrors    *metrics.Counter
+	consumersRefused    *metrics.Counter
+	identityBudgetWaits *metrics.Counter
 
 	consumersConnected *metrics.Counter
 	consumersKicked    sync.Map
@@ -70,12 +71,13 @@ func NewMetrics() *Metrics {
 		bytesDelivered:  s.NewCounter("relay_consumer_bytes_sent_total"),
 		replayBytes:     s.NewCounter("relay_consumer_replay_bytes_total"),
 
-		checkpointSeconds:  s.NewHistogram("relay_checkpoint_seconds"),
-		checkpointFailures: s.NewCounter("relay_checkpoint_failures_total"),
-		storeRetries:       s.NewCounter("relay_ingest_store_retries_total"),
-		notSequenced:       s.NewCounter("relay_events_not_sequenced_total"),
-		replayReadErrors:   s.NewCounter("relay_consumer_replay_read_errors_total"),
-		consumersRefused:   s.NewCounter("relay_consumers_refused_total"),
+		checkpointSeconds:   s.NewHistogram("relay_checkpoint_seconds"),
+		checkpointFailures:  s.NewCounter("relay_checkpoint_failures_total"),
+		storeRetries:        s.NewCounter("relay_ingest_store_retries_total"),
+		notSequenced:        s.NewCounter("relay_events_not_sequenced_total"),
+		replayReadErrors:    s.NewCounter("relay_consumer_replay_read_errors_total"),
+		consumersRefused:    s.NewCounter("relay_consumers_refused_total"),
+		identityBudgetWaits: s.NewCounter("relay_identity_budget_waits_total"),
 	}
 	for _, r := range knownDropReasons {
 		m.Dropped(r)

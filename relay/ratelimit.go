@@ -25,6 +25,25 @@ const (
 	rateResumeInterval = resumeInterval
 )
 
+// Identity lookups a host's events may cause (DID resolutions and
+// re-resolutions after bad signatures): an untrusted host 10/s + limit/100
+// with bursts of 20 + limit/10, a trusted one 1,000/s with bursts of 10,000.
+const (
+	identityPerSecondBase = 10
+	identityBurstBase     = 20
+	trustedIdentityRate   = 1_000
+	trustedIdentityBurst  = 10_000
+)
+
+// identityLimiter is the lookup budget of a host with these limits.
+func identityLimiter(accountLimit int64, trusted bool) *rate.Limiter {
+	if trusted {
+		return rate.NewLimiter(trustedIdentityRate, trustedIdentityBurst)
+	}
+	l := max(accountLimit, 0)
+	return rate.NewLimiter(rate.Limit(identityPerSecondBase+float64(l)/100), int(identityBurstBase+l/10))
+}
+
 // HostLimits are a host's event rate limits.
 type HostLimits struct {
 	PerSecond float64 `json:"perSecond"`

@@ -102,3 +102,59 @@ func TestFloodHostHeldAtItsLimit(t *testing.T) {
 		t.Fatalf("after trusting: throttled %.2fs (was %.2fs), limits %+v", after.ThrottledSeconds, before, after.Limits)
 	}
 }
+
+// A host whose events fail their signatures cannot make the relay hammer
+// the PLC directory: its identity lookups stay within its budget (the
+// events wait, then are dropped as bad signatures), while another host's
+// events keep flowing.
+func TestIdentityLookupBudgetUnderBadSignatureFlood(t *testing.T) {
+	n := startTestNet(t, 2, func(c *Config) {
+		c.TrustedDomains = ""
+		c.DefaultAccountLimit = 0 // lookups: 10/s, bursts of 20
+	})
+	flood, calm := n.hosts[0], n.hosts[1]
+	other, err := perf.NewAccount(perf.K256, "otherkey.test", n.plc, calm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const accounts = 30
+	var bad []*perf.Account
+	for i := 0; i < accounts; i++ {
+		a, err := perf.NewAccount(perf.K256, "bad"+string(rune('a'+i%26))+string(rune('a'+i/26))+".test", n.plc, flood)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The directory names another key: every commit fails to verify.
+		n.plc.Put(a.DID, a.Handle, other.PublicKey(), flood.URL())
+		bad = append(bad, a)
+	}
+	calmAcct, err := perf.NewAccount(perf.K256, "calmid.test", n.plc, calm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, flood)
+	n.crawl(t, calm)
+	c := dialConsumer(t, n.r.Addr(), "")
+	start := time.Now()
+	before := n.plc.Requests()
+	for _, a := range bad {
+		emitCommit(t, a, flood, 1)
+	}
+	rev := emitCommit(t, calmAcct, calm, 1)
+	if e := collectEvents(t, c, 1, 10*time.Second)[0]; e.rev != rev {
+		t.Fatalf("the calm host's event: %v", e)
+	}
+	// Each bad account costs two lookups (first sight, re-resolve after
+	// the bad signature): 60 against a budget of 20 + 10/s.
+	waitUntil(t, 30*time.Second, "every bad commit dropped", func() bool {
+		return hostRecord(t, n.r, flood.Host()).Drops["bad_signature"] == accounts
+	})
+	elapsed := time.Since(start)
+	lookups := n.plc.Requests() - before
+	if allowed := int64(identityBurstBase + identityPerSecondBase*elapsed.Seconds() + 2); lookups > allowed+1 {
+		t.Fatalf("%d PLC lookups in %v, over the budget of %d", lookups, elapsed.Round(time.Millisecond), allowed)
+	}
+	if n.r.metrics.identityBudgetWaits.Get() == 0 {
+		t.Fatal("no lookup waited for the budget")
+	}
+}
