@@ -137,8 +137,9 @@ func (r *Relay) UnblockHost(ctx context.Context, hostname string) (meta.Host, er
 }
 
 // ChangeHostLimits sets a host's account limit (0: no limit) and, when
-// trusted is not nil, whether it is trusted. The new limit applies to the
-// next account created; accounts already throttled stay so.
+// trusted is not nil, whether it is trusted. The event rate limits follow
+// at once; throttled accounts that now fit the limit are promoted, oldest
+// first (promoteThrottled).
 func (r *Relay) ChangeHostLimits(ctx context.Context, hostname string, accountLimit *int64, trusted *bool) (meta.Host, error) {
 	if accountLimit != nil && *accountLimit < 0 {
 		return meta.Host{}, ErrBadAccountLimit
@@ -161,7 +162,11 @@ func (r *Relay) ChangeHostLimits(ctx context.Context, hostname string, accountLi
 	h.rate.set(h.limits()) // live: the host's next event is measured against them
 	h.ident.Store(identityLimiter(rec.AccountLimit, h.trusted()))
 	r.adminCounter("change_limits")
-	r.logger.Info("admin: host limits changed", "host", h.name, "accountLimit", rec.AccountLimit, "trusted", rec.Trusted)
+	promoted, perr := r.promoteThrottled(ctx, h)
+	r.logger.Info("admin: host limits changed", "host", h.name, "accountLimit", rec.AccountLimit, "trusted", rec.Trusted, "promoted", promoted)
+	if perr != nil {
+		return rec, fmt.Errorf("promote throttled accounts: %w", perr)
+	}
 	return rec, nil
 }
 

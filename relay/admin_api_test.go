@@ -318,17 +318,36 @@ func TestAdminChangeLimits(t *testing.T) {
 		}
 		accts = append(accts, a)
 		p.Emit(mustCommit(t, a, 1))
-		collect(t, c, 1, 10*time.Second)
 	}
+	// The first is relayed; the throttled second is not.
+	if f := collect(t, c, 1, 10*time.Second)[0]; f.did != accts[0].DID {
+		t.Fatalf("relayed %+v, want the first account's commit", f)
+	}
+	expectQuiet(t, c, 300*time.Millisecond)
 	want := []meta.AccountStatus{meta.AccountActive, meta.AccountThrottled}
+	xc := xrpcClient(n.r)
 	for i, a := range accts {
 		got, err := n.r.store.GetAccountByDID(context.Background(), a.DID)
 		if err != nil || got.Status != want[i] {
 			t.Errorf("%s: %+v %v, want status %s", a.Handle, got, err, want[i])
 		}
 	}
+	rs, err := comatproto.SyncGetRepoStatus(context.Background(), xc, accts[1].DID)
+	if err != nil || rs.Active || rs.Status == nil || *rs.Status != "throttled" {
+		t.Fatalf("getRepoStatus of the throttled account: %+v %v", rs, err)
+	}
 	if h := adminHosts(t, n.r)[p.Host()]; h.AccountLimit != 1 || h.Trusted {
 		t.Fatalf("after the second change: %+v", h)
+	}
+	// Raising the limit promotes it: #account active, then its commits flow.
+	adminOK(t, n.r, "POST", "/admin/hosts/changeLimits", `{"hostname":"`+p.Host()+`","accountLimit":2}`)
+	ev := accountFrameOf(t, c, 10*time.Second)
+	if ev.Did != accts[1].DID || !ev.Active {
+		t.Fatalf("promotion frame %+v", ev)
+	}
+	p.Emit(mustCommit(t, accts[1], 1))
+	if f := collect(t, c, 1, 10*time.Second)[0]; f.did != accts[1].DID || f.t != "#commit" {
+		t.Fatalf("after promotion: %+v", f)
 	}
 }
 

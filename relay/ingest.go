@@ -587,7 +587,7 @@ func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Acco
 	out := &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive()}
 	if !out.Active {
 		s := string(a.Status)
-		if a.Status == meta.AccountActive || a.Status == meta.AccountThrottled || a.Status == "" {
+		if a.Status == meta.AccountActive || a.Status == "" {
 			s = string(a.UpstreamStatus)
 		}
 		out.Status = &s

@@ -139,3 +139,50 @@ func (r *Relay) resyncHostAccounts(hostID uint64) {
 	}
 	r.logger.Info("resyncs scheduled for a host's accounts", "host", hostID, "queued", queued)
 }
+
+// promoteThrottled activates the host's throttled accounts that fit its
+// account limit now: in creation order, the host's first `limit` accounts
+// are active (every account, for a trusted host or a limit of 0). Each
+// promotion goes through the account's worker and the log like a status
+// change (an #account frame), and asks the collection index to resync the
+// account, so what it wrote while throttled is not lost to consumers that
+// use the index or getRepo.
+func (r *Relay) promoteThrottled(ctx context.Context, h *hostConn) (int, error) {
+	limit, trusted := h.info().AccountLimit, h.trusted()
+	idx, promoted := int64(0), 0
+	after := uint64(0)
+	for {
+		page, err := r.store.ListAccounts(ctx, after, 1000)
+		if err != nil {
+			return promoted, err
+		}
+		for _, a := range page {
+			if a.HostID != h.id {
+				continue
+			}
+			r.derived.overlayAccount(a)
+			fits := trusted || limit <= 0 || idx < limit
+			idx++
+			if a.Status != meta.AccountThrottled || !fits {
+				continue
+			}
+			res, err := r.setLocalStatus(ctx, a.DID, meta.AccountActive, func(uid uint64) uint64 { return uid })
+			if err == nil {
+				_, err = waitDurable(ctx, res)
+			}
+			if err != nil {
+				return promoted, fmt.Errorf("promote %s: %w", a.DID, err)
+			}
+			promoted++
+			if r.coll != nil && r.coll.svc != nil {
+				if _, err := r.coll.svc.Resync(a.DID, true); err != nil {
+					r.logger.Warn("resync of a promoted account failed to queue", "did", a.DID, "err", err)
+				}
+			}
+		}
+		if len(page) < 1000 {
+			return promoted, nil
+		}
+		after = page[len(page)-1].UID
+	}
+}

@@ -129,7 +129,7 @@ func queryDID(w http.ResponseWriter, q url.Values) (string, bool) {
 // It is the status accountFrame emits.
 func accountStatus(a *meta.Account) meta.AccountStatus {
 	switch a.Status {
-	case "", meta.AccountActive, meta.AccountThrottled:
+	case "", meta.AccountActive:
 		if a.UpstreamStatus == "" {
 			return meta.AccountActive
 		}

@@ -101,11 +101,12 @@ type Account struct {
 }
 
 // IsActive reports whether events of the account are relayed: the local
-// status is active or throttled and the upstream status is active, as in
-// the reference relay.
+// status is active and the upstream status is active. Unlike the reference
+// relay, a throttled account (created past its host's account limit) is not
+// active: its events are not relayed until the limit is raised.
 func (a *Account) IsActive() bool {
-	return (a.Status == AccountActive || a.Status == AccountThrottled) &&
-		a.UpstreamStatus == AccountActive
+	return (a.Status == AccountActive || a.Status == "") &&
+		(a.UpstreamStatus == AccountActive || a.UpstreamStatus == "")
 }
 
 // RepoState is the head of an account's repo as last accepted by the relay:
