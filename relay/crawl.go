@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	comatproto "github.com/bluesky-social/indigo/api/atproto"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 
 	"github.com/relay/relay/persist/meta"
@@ -264,9 +265,7 @@ func (m *HostManager) describeServer(ctx context.Context, host string, noSSL boo
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%w: status %d", ErrDescribeServer, resp.StatusCode)
 	}
-	var doc struct {
-		DID string `json:"did"`
-	}
+	var doc comatproto.ServerDescribeServer_Output
 	if err := json.NewDecoder(io.LimitReader(resp.Body, describeServerLimit)).Decode(&doc); err != nil {
 		return fmt.Errorf("%w: %w", ErrDescribeServer, err)
 	}
@@ -363,13 +362,7 @@ func (m *HostManager) bootstrapOnce(base string) (int, error) {
 			cancel()
 			return added, err
 		}
-		var page struct {
-			Cursor *string `json:"cursor"`
-			Hosts  []struct {
-				Hostname string `json:"hostname"`
-				Status   string `json:"status"`
-			} `json:"hosts"`
-		}
+		var page comatproto.SyncListHosts_Output
 		err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&page)
 		resp.Body.Close()
 		cancel()
@@ -378,7 +371,7 @@ func (m *HostManager) bootstrapOnce(base string) (int, error) {
 		}
 		var fresh []*hostConn
 		for _, hs := range page.Hosts {
-			if hs.Status != "" && hs.Status != "active" {
+			if hs == nil || (hs.Status != nil && *hs.Status != "" && *hs.Status != "active") {
 				continue
 			}
 			host, noSSL, err := normalizeHostname(hs.Hostname, m.r.cfg.AllowInsecureHosts)
