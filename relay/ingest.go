@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	cbg "github.com/whyrusleeping/cbor-gen"
 
 	"github.com/relay/relay/persist/meta"
@@ -22,7 +24,8 @@ const (
 	// full, the event loop pauses the host that sent the event.
 	partitionQueue = 1024
 	// accountCacheSize and identityCacheSize bound each partition's caches;
-	// when full an arbitrary entry is evicted (it is reloaded on demand).
+	// when full the least recently used entry is evicted (it is reloaded on
+	// demand), except an account with events in flight.
 	accountCacheSize  = 1 << 18
 	identityCacheSize = 1 << 18
 	// storeTimeout bounds one store call of a validation worker. A store
@@ -113,8 +116,11 @@ type partition struct {
 	in       chan *ingestItem
 	resolved chan *identInfo
 
-	idents   map[string]*identInfo
-	accounts map[string]*accountState
+	// idents evicts by itself (golang-lru); accounts is unbounded for the
+	// LRU and bounded by cacheAccount, which may refuse to evict an
+	// account with events in flight (an eviction callback cannot refuse).
+	idents   *simplelru.LRU[string, *identInfo]
+	accounts *simplelru.LRU[string, *accountState]
 	// pending holds events of DIDs whose identity is being resolved (or
 	// that are stalled), in arrival order; unsent lists DIDs the resolver
 	// queue refused; stalled lists DIDs whose first pending event hit a
@@ -144,7 +150,7 @@ func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Re
 		p := &partition{
 			ing: ing, in: make(chan *ingestItem, partitionQueue),
 			resolved: make(chan *identInfo, partitionQueue),
-			idents:   map[string]*identInfo{}, accounts: map[string]*accountState{},
+			idents:   newIdentCache(), accounts: newAccountCache(),
 			pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
 		}
 		ing.partitions = append(ing.partitions, p)
@@ -152,6 +158,21 @@ func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Re
 		go p.run()
 	}
 	return ing
+}
+
+// newIdentCache is a partition's identity cache: identityCacheSize
+// entries, least recently used evicted.
+func newIdentCache() *simplelru.LRU[string, *identInfo] {
+	c, _ := simplelru.NewLRU[string, *identInfo](identityCacheSize, nil) // errs only for size <= 0
+	return c
+}
+
+// newAccountCache is a partition's account cache, in LRU order; its bound
+// (accountCacheSize) is kept by cacheAccount, which never evicts an
+// account with events in flight.
+func newAccountCache() *simplelru.LRU[string, *accountState] {
+	c, _ := simplelru.NewLRU[string, *accountState](math.MaxInt, nil)
+	return c
 }
 
 // partitionOf returns the worker that owns did.
@@ -239,7 +260,7 @@ func (p *partition) drainOnStop() {
 			if _, waiting := p.pending[it.did]; waiting {
 				continue
 			}
-			if info := p.idents[it.did]; info != nil && !info.stale(time.Now()) {
+			if info, _ := p.idents.Get(it.did); info != nil && !info.stale(time.Now()) {
 				p.process(it, info)
 			}
 		default:
@@ -257,7 +278,7 @@ func (p *partition) handle(it *ingestItem) {
 		p.pending[it.did] = append(q, it)
 		return
 	}
-	info := p.idents[it.did]
+	info, _ := p.idents.Get(it.did)
 	if it.identity != nil || info == nil || info.stale(time.Now()) {
 		// An #identity event always refreshes the identity first.
 		if it.identity != nil {
@@ -272,7 +293,7 @@ func (p *partition) handle(it *ingestItem) {
 // waitFor holds it until its DID is (re)resolved. One resolution per
 // pending queue: a DID already waiting is not asked for again.
 func (p *partition) waitFor(it *ingestItem) {
-	delete(p.idents, it.did)
+	p.idents.Remove(it.did)
 	q, waiting := p.pending[it.did]
 	p.pending[it.did] = append(q, it)
 	if !waiting {
@@ -300,13 +321,7 @@ func (p *partition) retryUnsent() {
 }
 
 func (p *partition) onResolved(info *identInfo) {
-	if _, cached := p.idents[info.did]; !cached && len(p.idents) >= identityCacheSize {
-		for k := range p.idents {
-			delete(p.idents, k)
-			break
-		}
-	}
-	p.idents[info.did] = info
+	p.idents.Add(info.did, info)
 	p.release(info.did)
 }
 
@@ -321,7 +336,8 @@ func (p *partition) release(did string) {
 			p.pending[did] = append(p.pending[did], q[i:]...)
 			return
 		}
-		p.process(it, p.idents[did])
+		info, _ := p.idents.Get(did)
+		p.process(it, info)
 	}
 }
 
@@ -340,7 +356,7 @@ func (p *partition) stall(it *ingestItem, what string, err error) {
 func (p *partition) retryStalled() {
 	for did := range p.stalled {
 		delete(p.stalled, did)
-		if info := p.idents[did]; info != nil {
+		if info, _ := p.idents.Peek(did); info != nil {
 			p.release(did)
 		} else {
 			p.requestResolve(did) // evicted meanwhile: resolve, then release
@@ -365,7 +381,7 @@ func (p *partition) storeCtx() (context.Context, context.CancelFunc) {
 // through the derived-state overlay (durable changes not yet
 // checkpointed).
 func (p *partition) loadAccount(did string) (*accountState, error) {
-	if st, ok := p.accounts[did]; ok {
+	if st, ok := p.accounts.Get(did); ok {
 		return st, nil
 	}
 	ctx, cancel := p.storeCtx()
@@ -395,19 +411,18 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 const cacheEvictTries = 16
 
 func (p *partition) cacheAccount(st *accountState) {
-	if len(p.accounts) >= accountCacheSize {
-		tries := 0
-		for k, old := range p.accounts {
+	if p.accounts.Len() >= accountCacheSize {
+		for range cacheEvictTries {
+			k, old, _ := p.accounts.GetOldest()
 			if old.inflight.Load() == 0 {
-				delete(p.accounts, k)
+				p.accounts.Remove(k)
 				break
 			}
-			if tries++; tries >= cacheEvictTries {
-				break // every candidate busy: grow by one, evict next time
-			}
+			p.accounts.Get(k) // busy: make it the newest, look at the next
 		}
+		// Every candidate busy: grow by one, evict next time.
 	}
-	p.accounts[st.acct.DID] = st
+	p.accounts.Add(st.acct.DID, st)
 }
 
 // process validates one event whose identity is resolved, and submits it
