@@ -46,7 +46,7 @@ var (
 
 // adminCounter counts admin actions by action name.
 func (r *Relay) adminCounter(action string) {
-	r.metrics.Counter(fmt.Sprintf(`relay_admin_actions_total{action=%q}`, action)).Inc()
+	r.metrics.AdminAction(action)
 }
 
 // trackedHost returns the host an admin names, or ErrBadHostname /

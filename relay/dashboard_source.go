@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -49,26 +48,14 @@ func (r *Relay) dashboardHandler() http.Handler {
 	return d
 }
 
-func sumCounters(m *sync.Map) uint64 {
-	var n uint64
-	m.Range(func(_, v any) bool {
-		n += v.(*metrics.Counter).Get()
-		return true
-	})
-	return n
-}
-
 func (r *Relay) dashStats() dashboard.Stats {
 	ls := r.log.Stats()
 	drops := map[string]uint64{}
-	r.metrics.dropped.Range(func(k, v any) bool {
-		drops[k.(string)] = v.(*metrics.Counter).Get()
-		return true
-	})
+	r.metrics.dropped.each(func(reason string, c *metrics.Counter) { drops[reason] = c.Get() })
 	return dashboard.Stats{
 		HeadSeq:        r.ring.Head(),
-		EventsIn:       sumCounters(&r.metrics.in),
-		EventsOut:      sumCounters(&r.metrics.out),
+		EventsIn:       r.metrics.in.sum(),
+		EventsOut:      r.metrics.out.sum(),
 		FramesSent:     r.metrics.framesDelivered.Get(),
 		BytesSent:      r.metrics.bytesDelivered.Get(),
 		Drops:          drops,

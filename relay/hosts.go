@@ -400,7 +400,7 @@ func (m *HostManager) dialFailed(h *hostConn, err error) {
 	h.rec.Failures++
 	failures := h.rec.Failures
 	h.mu.Unlock()
-	m.r.metrics.Counter("relay_host_dial_failures_total").Inc()
+	m.r.metrics.hostDialFailures.Inc()
 	if failures >= maxHostFailures {
 		m.logger.Warn("host offline after repeated failures", "host", h.name, "failures", failures, "err", err)
 		m.setStatus(h, meta.HostOffline)

@@ -486,7 +486,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		it.host.accountCreated()
 		st.acct = moved
-		r.metrics.Counter("relay_account_migrations_total").Inc()
+		r.metrics.accountMigrations.Inc()
 	case !authoritative:
 		// The document no longer names this host: refresh once, then drop.
 		if !it.reresolved {
@@ -508,11 +508,11 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 			return
 		}
 		if res.inversionErr != nil {
-			r.metrics.Counter("relay_inversion_failures_total").Inc()
+			r.metrics.inversionFailures.Inc()
 			it.host.countDrop("inversion_failed_accepted")
 		}
 		if res.prevDataMismatch {
-			r.metrics.Counter("relay_prevdata_mismatch_total").Inc()
+			r.metrics.prevDataMismatch.Inc()
 		}
 		p.accept(it, st, KindCommit, it.commit, res, nil)
 	case it.sync != nil:

@@ -89,6 +89,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		MaxBytes:         cfg.MaxEventsBytes,
 		Logger:           logger.With("component", "eventlog"),
 		CheckPayload:     checkLoggedFrame,
+		Metrics:          r.metrics.set,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open event log: %w", err)

@@ -146,7 +146,7 @@ func (m *HostManager) dispatch(h *hostConn, it *ingestItem, size int) error {
 // host's cursor, which loses nothing.
 func (m *HostManager) pause(h *hostConn, it *ingestItem, p *partition) error {
 	if !m.markPaused(h, p) {
-		m.r.metrics.Counter("relay_host_backpressure_closes_total").Inc()
+		m.r.metrics.backpressureCloses.Inc()
 		return loop.ErrBackpressure
 	}
 	h.held = it
