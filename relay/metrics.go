@@ -177,7 +177,9 @@ func (m *Metrics) EventsIn(t string) *metrics.Counter { return m.in.with(t) }
 func (m *Metrics) EventsOut(t string) *metrics.Counter { return m.out.with(t) }
 
 // ConsumerClosed is relay_consumers_closed_total{reason}.
-func (m *Metrics) ConsumerClosed(reason string) *metrics.Counter { return m.consumersKicked.with(reason) }
+func (m *Metrics) ConsumerClosed(reason string) *metrics.Counter {
+	return m.consumersKicked.with(reason)
+}
 
 // AdminAction counts one admin action (relay_admin_actions_total{action}).
 func (m *Metrics) AdminAction(action string) { m.adminActions.with(action).Inc() }

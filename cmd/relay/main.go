@@ -35,7 +35,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "       relay admin <command>  (relay admin -h lists the commands)")
 		os.Exit(2)
 	}
-	cfg, level, err := parseConfig(os.Args[2:], os.Getenv)
+	cfg, level, err := serveConfig(os.Args[2:], os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		os.Exit(2)
@@ -68,6 +68,16 @@ func run(cfg relay.Config, logger *slog.Logger) error {
 	}
 	logger.Info("stopped cleanly")
 	return nil
+}
+
+// serveConfig is the configuration of `relay serve`: parsed, then
+// validated, before anything starts.
+func serveConfig(args []string, getenv func(string) string) (relay.Config, slog.Level, error) {
+	cfg, level, err := parseConfig(args, getenv)
+	if err != nil {
+		return cfg, level, err
+	}
+	return cfg, level, cfg.Validate()
 }
 
 // parseConfig reads the environment, then flags over it.
