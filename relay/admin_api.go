@@ -119,23 +119,8 @@ func (r *Relay) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
 }
 
-// hostnameBody decodes {"hostname"} and requires it.
-func hostnameBody(w http.ResponseWriter, req *http.Request) (string, bool) {
-	var in struct {
-		Hostname string `json:"hostname"`
-	}
-	if !decodeJSONBody(w, req, &in) {
-		return "", false
-	}
-	if strings.TrimSpace(in.Hostname) == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "hostname is required")
-		return "", false
-	}
-	return in.Hostname, true
-}
-
 func (r *Relay) handleAdminBlock(w http.ResponseWriter, req *http.Request) {
-	name, ok := hostnameBody(w, req)
+	name, ok := bodyField(w, req, "hostname")
 	if !ok {
 		return
 	}
@@ -150,7 +135,7 @@ func (r *Relay) handleAdminBlock(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *Relay) handleAdminUnblock(w http.ResponseWriter, req *http.Request) {
-	name, ok := hostnameBody(w, req)
+	name, ok := bodyField(w, req, "hostname")
 	if !ok {
 		return
 	}
@@ -193,23 +178,8 @@ func (r *Relay) handleAdminChangeLimits(w http.ResponseWriter, req *http.Request
 	})
 }
 
-// didBody decodes {"did"} and requires it.
-func didBody(w http.ResponseWriter, req *http.Request) (string, bool) {
-	var in struct {
-		DID string `json:"did"`
-	}
-	if !decodeJSONBody(w, req, &in) {
-		return "", false
-	}
-	if strings.TrimSpace(in.DID) == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "did is required")
-		return "", false
-	}
-	return in.DID, true
-}
-
 func (r *Relay) handleAdminTakedown(w http.ResponseWriter, req *http.Request) {
-	did, ok := didBody(w, req)
+	did, ok := bodyField(w, req, "did")
 	if !ok {
 		return
 	}
@@ -224,7 +194,7 @@ func (r *Relay) handleAdminTakedown(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *Relay) handleAdminReverseTakedown(w http.ResponseWriter, req *http.Request) {
-	did, ok := didBody(w, req)
+	did, ok := bodyField(w, req, "did")
 	if !ok {
 		return
 	}
@@ -252,23 +222,8 @@ func (r *Relay) handleAdminDomainBans(w http.ResponseWriter, req *http.Request) 
 	writeJSON(w, http.StatusOK, map[string]any{"domains": bans})
 }
 
-// domainBody decodes {"domain"} and requires it.
-func domainBody(w http.ResponseWriter, req *http.Request) (string, bool) {
-	var in struct {
-		Domain string `json:"domain"`
-	}
-	if !decodeJSONBody(w, req, &in) {
-		return "", false
-	}
-	if strings.TrimSpace(in.Domain) == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "domain is required")
-		return "", false
-	}
-	return in.Domain, true
-}
-
 func (r *Relay) handleAdminAddDomainBan(w http.ResponseWriter, req *http.Request) {
-	raw, ok := domainBody(w, req)
+	raw, ok := bodyField(w, req, "domain")
 	if !ok {
 		return
 	}
@@ -283,7 +238,7 @@ func (r *Relay) handleAdminAddDomainBan(w http.ResponseWriter, req *http.Request
 }
 
 func (r *Relay) handleAdminRemoveDomainBan(w http.ResponseWriter, req *http.Request) {
-	raw, ok := domainBody(w, req)
+	raw, ok := bodyField(w, req, "domain")
 	if !ok {
 		return
 	}

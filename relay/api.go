@@ -93,7 +93,6 @@ type Stats struct {
 	SequencerQueue  int     `json:"sequencerQueue"`
 	Consumers       int     `json:"consumers"`
 	FramesDelivered uint64  `json:"framesDelivered"`
-	Hosts           any     `json:"hosts,omitempty"`
 	Ingest          any     `json:"ingest,omitempty"`
 	Collections     any     `json:"collections,omitempty"`
 }

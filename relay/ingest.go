@@ -444,9 +444,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	switch {
 	case st == nil:
 		if !authoritative {
-			if !it.reresolved {
-				it.reresolved = true
-				p.waitFor(it)
+			if p.reresolveOnce(it) {
 				return
 			}
 			p.drop(it, "wrong_host", errWrongHost(info, it))
@@ -460,9 +458,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	case st.acct.HostID != it.host.id:
 		// Known account, other host: migration if the (fresh) document says
 		// this host is now its PDS.
-		if !it.reresolved {
-			it.reresolved = true
-			p.waitFor(it)
+		if p.reresolveOnce(it) {
 			return
 		}
 		if !authoritative {
@@ -489,9 +485,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		r.metrics.accountMigrations.Inc()
 	case !authoritative:
 		// The document no longer names this host: refresh once, then drop.
-		if !it.reresolved {
-			it.reresolved = true
-			p.waitFor(it)
+		if p.reresolveOnce(it) {
 			return
 		}
 		p.drop(it, "wrong_host", errWrongHost(info, it))
@@ -567,9 +561,7 @@ func (p *partition) verifyRepoEvent(it *ingestItem, st *accountState, verify fun
 	}
 	res, err := verify()
 	if err != nil {
-		if dropReason(err) == "bad_signature" && !it.reresolved {
-			it.reresolved = true
-			p.waitFor(it)
+		if dropReason(err) == "bad_signature" && p.reresolveOnce(it) {
 			return nil, false
 		}
 		p.drop(it, dropReason(err), err)
@@ -578,18 +570,46 @@ func (p *partition) verifyRepoEvent(it *ingestItem, st *accountState, verify fun
 	return res, true
 }
 
-// accountFrame is the #account the relay emits: its combined local and
-// upstream status.
-func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
-	out := &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive()}
-	if !out.Active {
-		s := string(a.Status)
-		if a.Status == meta.AccountActive || a.Status == meta.AccountThrottled || a.Status == "" {
-			s = string(a.UpstreamStatus)
-		}
-		out.Status = &s
+// reresolveOnce holds it for a fresh resolution of its identity, unless
+// it had one already: true means it waits (the caller stops), false that
+// the caller decides on the identity it has ("re-resolve once, else
+// drop").
+func (p *partition) reresolveOnce(it *ingestItem) bool {
+	if it.reresolved {
+		return false
 	}
-	return out
+	it.reresolved = true
+	p.waitFor(it)
+	return true
+}
+
+// accountFrame is the #account the relay emits: its combined local and
+// upstream status (accountStatus, as the API reports it).
+func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
+	return &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive(), Status: statusField(a)}
+}
+
+// accountStatus is the status the relay reports for an account: the local
+// status when the relay restricted the account, else the upstream one.
+func accountStatus(a *meta.Account) meta.AccountStatus {
+	switch a.Status {
+	case "", meta.AccountActive, meta.AccountThrottled:
+		if a.UpstreamStatus == "" {
+			return meta.AccountActive
+		}
+		return a.UpstreamStatus
+	}
+	return a.Status
+}
+
+// statusField is the lexicons' optional status: absent for an active
+// account.
+func statusField(a *meta.Account) *string {
+	if a.IsActive() {
+		return nil
+	}
+	s := string(accountStatus(a))
+	return &s
 }
 
 // accept moves the account's head and hands the event to the sequencer,

@@ -87,7 +87,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		Retention:        cfg.Retention,
 		SegmentMaxEvents: cfg.SegmentEvents,
 		MaxBytes:         cfg.MaxEventsBytes,
-		Logger:           logger.With("component", "eventlog"),
+		Logger:           logger, // the log adds its component key
 		CheckPayload:     checkLoggedFrame,
 		Metrics:          r.metrics.set,
 	})
@@ -117,7 +117,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		r.log.Close()
 		return nil, err
 	}
-	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger.With("component", "loop")})
+	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger})
 	if err != nil {
 		_ = r.closeCollections()
 		r.store.Close()
@@ -342,7 +342,7 @@ func checkLoggedFrame(p []byte) error {
 	if err != nil {
 		return errors.Join(ErrBadLoggedFrame, err)
 	}
-	if op != 1 || len(body) == 0 || body[0]>>5 != 5 { // major type 5: map
+	if op != wsframe.OpMessage || len(body) == 0 || body[0]>>5 != 5 { // major type 5: map
 		return ErrBadLoggedFrame
 	}
 	switch t {

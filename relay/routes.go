@@ -41,18 +41,33 @@ func decodeJSONBody(w http.ResponseWriter, req *http.Request, v any) bool {
 	return true
 }
 
-func (r *Relay) handleRequestCrawl(w http.ResponseWriter, req *http.Request) {
-	var in struct {
-		Hostname string `json:"hostname"`
-	}
+// bodyField decodes a JSON object body and returns its string member
+// field, which is required: {"hostname"}, {"did"}, {"domain"}.
+func bodyField(w http.ResponseWriter, req *http.Request, field string) (string, bool) {
+	var in map[string]json.RawMessage
 	if !decodeJSONBody(w, req, &in) {
+		return "", false
+	}
+	var v string
+	if raw, ok := in[field]; ok {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "invalid JSON body: "+field+": "+err.Error())
+			return "", false
+		}
+	}
+	if strings.TrimSpace(v) == "" {
+		writeError(w, http.StatusBadRequest, ErrNameBadRequest, field+" is required")
+		return "", false
+	}
+	return v, true
+}
+
+func (r *Relay) handleRequestCrawl(w http.ResponseWriter, req *http.Request) {
+	hostname, ok := bodyField(w, req, "hostname")
+	if !ok {
 		return
 	}
-	if strings.TrimSpace(in.Hostname) == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "hostname is required")
-		return
-	}
-	_, err := r.hosts.AddHost(req.Context(), in.Hostname, r.isAdmin(req))
+	_, err := r.hosts.AddHost(req.Context(), hostname, r.isAdmin(req))
 	if err != nil {
 		r.writeCrawlError(w, err)
 		return

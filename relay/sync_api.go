@@ -124,30 +124,6 @@ func queryDID(w http.ResponseWriter, q url.Values) (string, bool) {
 	return did.String(), true
 }
 
-// accountStatus is the status the relay reports for an account: the local
-// status when the relay restricted the account, else the upstream one.
-// It is the status accountFrame emits.
-func accountStatus(a *meta.Account) meta.AccountStatus {
-	switch a.Status {
-	case "", meta.AccountActive, meta.AccountThrottled:
-		if a.UpstreamStatus == "" {
-			return meta.AccountActive
-		}
-		return a.UpstreamStatus
-	}
-	return a.Status
-}
-
-// statusField is the lexicons' optional status: absent for an active
-// account.
-func statusField(a *meta.Account) *string {
-	if a.IsActive() {
-		return nil
-	}
-	s := string(accountStatus(a))
-	return &s
-}
-
 // inactiveError names the lexicon error for an account whose repo is not
 // served, or returns "" when it is active.
 func inactiveError(a *meta.Account) string {

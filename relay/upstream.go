@@ -43,11 +43,11 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 		h.countDrop("bad_frame")
 		return nil
 	}
-	if hop == 1 && t != "#info" && !h.ready.Load() {
+	if hop == wsframe.OpMessage && t != "#info" && !h.ready.Load() {
 		m.markPaused(h, nil)
 		return loop.ErrPaused
 	}
-	if hop == -1 {
+	if hop == wsframe.OpError {
 		var ef events.ErrorFrame
 		if err := ef.UnmarshalCBOR(bytes.NewReader(body)); err != nil {
 			mt.Dropped("bad_frame").Inc()
@@ -59,7 +59,7 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 		}
 		return fmt.Errorf("%w: %s: %s", ErrUpstreamError, ef.Error, ef.Message)
 	}
-	if hop != 1 {
+	if hop != wsframe.OpMessage {
 		mt.Dropped("bad_frame").Inc()
 		h.countDrop("bad_frame")
 		return nil
