@@ -1,6 +1,8 @@
 // Package relay is the domain of the AT Protocol relay: ingest from PDS hosts,
-// validation, sequencing, durable broadcast to firehose consumers, and the
-// HTTP API. It builds on loop (sockets), wsframe (frames) and persist (storage).
+// validation, sequencing, durable broadcast to firehose consumers, hosts and
+// accounts, and the exported surface (surface.go) that the HTTP package,
+// relay/httpapi, serves. It builds on loop (sockets), wsframe (frames) and
+// persist (storage).
 package relay
 
 import (

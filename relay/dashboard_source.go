@@ -2,7 +2,6 @@ package relay
 
 import (
 	"math"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -33,19 +32,8 @@ func (r *Relay) DashboardSource() dashboard.Source {
 		Stats:     r.dashStats,
 		Hosts:     r.dashHosts,
 		Consumers: r.dashConsumers,
-		Ready:     r.health,
+		Ready:     r.Health,
 	}
-}
-
-// dashboardHandler builds /dash/ and runs its sampler until Close.
-func (r *Relay) dashboardHandler() http.Handler {
-	d := dashboard.New(r.DashboardSource(), dashboard.Options{Logger: r.logger.With("component", "dashboard")})
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		d.Run(r.stop)
-	}()
-	return d
 }
 
 func (r *Relay) dashStats() dashboard.Stats {

@@ -584,32 +584,9 @@ func (p *partition) reresolveOnce(it *ingestItem) bool {
 }
 
 // accountFrame is the #account the relay emits: its combined local and
-// upstream status (accountStatus, as the API reports it).
+// upstream status (AccountStatus, as the API reports it).
 func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
-	return &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive(), Status: statusField(a)}
-}
-
-// accountStatus is the status the relay reports for an account: the local
-// status when the relay restricted the account, else the upstream one.
-func accountStatus(a *meta.Account) meta.AccountStatus {
-	switch a.Status {
-	case "", meta.AccountActive, meta.AccountThrottled:
-		if a.UpstreamStatus == "" {
-			return meta.AccountActive
-		}
-		return a.UpstreamStatus
-	}
-	return a.Status
-}
-
-// statusField is the lexicons' optional status: absent for an active
-// account.
-func statusField(a *meta.Account) *string {
-	if a.IsActive() {
-		return nil
-	}
-	s := string(accountStatus(a))
-	return &s
+	return &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive(), Status: StatusField(a)}
 }
 
 // accept moves the account's head and hands the event to the sequencer,

@@ -278,7 +278,7 @@ func BenchmarkIdleUpstreamHosts(b *testing.B) {
 				}
 			}
 			b.ResetTimer()
-			if err := r.Start(); err != nil {
+			if err := r.Start(testHandlers(r)); err != nil {
 				b.Fatal(err)
 			}
 			deadline := time.Now().Add(time.Duration(n)*time.Second/startConnectsPerSecond + time.Minute)

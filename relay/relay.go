@@ -153,16 +153,25 @@ func (r *Relay) registerGauges() {
 	r.metrics.Gauge("relay_derived_pending", func() float64 { return float64(r.derived.pending()) })
 }
 
-// Start opens the API and metrics listeners and serves them in the
-// background.
-func (r *Relay) Start() error {
+// Handlers are what the relay's two listeners serve (relay/httpapi builds
+// them over the relay's exported surface).
+type Handlers struct {
+	// API is served on RELAY_PORT: firehose, sync API, admin, stats.
+	API http.Handler
+	// Metrics is served on RELAY_METRICS_PORT: metrics, health, dashboard.
+	Metrics http.Handler
+}
+
+// Start opens the API and metrics listeners, serves h on them in the
+// background, and connects the hosts.
+func (r *Relay) Start(h Handlers) error {
 	var err error
 	r.ln, err = net.Listen("tcp", r.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", r.cfg.Listen, err)
 	}
 	r.httpSrv = &http.Server{
-		Handler: r.apiHandler(), MaxHeaderBytes: maxHeaderBytes,
+		Handler: h.API, MaxHeaderBytes: maxHeaderBytes,
 		// A slow client cannot hold a handler goroutine: headers in 10 s,
 		// the whole request in 30 s, an idle keep-alive for 2 minutes.
 		// Firehose sockets leave net/http at the upgrade.
@@ -176,7 +185,7 @@ func (r *Relay) Start() error {
 			r.ln.Close()
 			return fmt.Errorf("listen %s: %w", r.cfg.MetricsListen, err)
 		}
-		r.metricsSrv = &http.Server{Handler: r.metricsHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+		r.metricsSrv = &http.Server{Handler: h.Metrics, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 		r.serve(r.metricsSrv, r.mln)
 	}
 	r.logger.Info("relay listening", "api", r.ln.Addr().String(), "metrics", r.MetricsAddr())

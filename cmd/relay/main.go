@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/relay/relay/relay"
+	"github.com/relay/relay/relay/httpapi"
 )
 
 // shutdownTimeout bounds a graceful shutdown after SIGTERM or SIGINT.
@@ -53,7 +54,7 @@ func run(cfg relay.Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := r.Start(); err != nil {
+	if err := r.Start(httpapi.Handlers(r)); err != nil {
 		_ = r.Close(context.Background())
 		return err
 	}

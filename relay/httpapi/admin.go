@@ -1,42 +1,42 @@
-package relay
+package httpapi
 
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/relay/relay/relay"
 )
 
-// ErrNameDomainNotBanned is the admin API's error name for removing a ban
-// that does not exist.
-const ErrNameDomainNotBanned = "DomainNotBanned"
-
 // registerAdminAPI adds the /admin/ endpoints, all behind adminOnly.
-func (r *Relay) registerAdminAPI(mux *http.ServeMux) {
+func (a *api) registerAdminAPI(mux *http.ServeMux) {
 	routes := []struct {
 		method, path string
 		h            http.HandlerFunc
 	}{
-		{http.MethodGet, "/admin/hosts", r.handleAdminHosts},
-		{http.MethodPost, "/admin/hosts/block", r.handleAdminBlock},
-		{http.MethodPost, "/admin/hosts/unblock", r.handleAdminUnblock},
-		{http.MethodPost, "/admin/hosts/changeLimits", r.handleAdminChangeLimits},
-		{http.MethodPost, "/admin/accounts/takedown", r.handleAdminTakedown},
-		{http.MethodPost, "/admin/accounts/reverseTakedown", r.handleAdminReverseTakedown},
-		{http.MethodGet, "/admin/domainBans", r.handleAdminDomainBans},
-		{http.MethodPost, "/admin/domainBans/add", r.handleAdminAddDomainBan},
-		{http.MethodPost, "/admin/domainBans/remove", r.handleAdminRemoveDomainBan},
-		{http.MethodGet, "/admin/consumers", r.handleAdminConsumers},
+		{http.MethodGet, "/admin/hosts", a.handleAdminHosts},
+		{http.MethodPost, "/admin/hosts/block", a.handleAdminBlock},
+		{http.MethodPost, "/admin/hosts/unblock", a.handleAdminUnblock},
+		{http.MethodPost, "/admin/hosts/changeLimits", a.handleAdminChangeLimits},
+		{http.MethodPost, "/admin/accounts/takedown", a.handleAdminTakedown},
+		{http.MethodPost, "/admin/accounts/reverseTakedown", a.handleAdminReverseTakedown},
+		{http.MethodGet, "/admin/domainBans", a.handleAdminDomainBans},
+		{http.MethodPost, "/admin/domainBans/add", a.handleAdminAddDomainBan},
+		{http.MethodPost, "/admin/domainBans/remove", a.handleAdminRemoveDomainBan},
+		{http.MethodGet, "/admin/consumers", a.handleAdminConsumers},
 	}
 	for _, rt := range routes {
-		mux.HandleFunc(rt.path, r.adminOnly(rt.method, rt.h))
+		mux.HandleFunc(rt.path, a.adminOnly(rt.method, rt.h))
 	}
 	// Unknown admin paths also need the password: without it, nobody
 	// learns which admin endpoints exist.
-	mux.HandleFunc("/admin/", r.adminOnly("", func(w http.ResponseWriter, req *http.Request) {
+	mux.HandleFunc("/admin/", a.adminOnly("", func(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, ErrNameNotFound, "no such admin endpoint: "+req.URL.Path)
 	}))
 }
@@ -44,13 +44,13 @@ func (r *Relay) registerAdminAPI(mux *http.ServeMux) {
 // adminOnly checks the admin password before anything else: 403 when the
 // admin API is disabled (no password configured), 401 when the request
 // has no or a wrong password. method "" admits any method.
-func (r *Relay) adminOnly(method string, h http.HandlerFunc) http.HandlerFunc {
+func (a *api) adminOnly(method string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
-		if r.cfg.AdminPassword == "" {
+		if a.cfg.AdminPassword == "" {
 			writeError(w, http.StatusForbidden, ErrNameForbidden, "the admin API is disabled (RELAY_ADMIN_PASSWORD is not set)")
 			return
 		}
-		if !r.isAdmin(req) {
+		if !a.isAdmin(req) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="relay admin"`)
 			writeError(w, http.StatusUnauthorized, ErrNameAuthRequired, "admin password required (Bearer token or Basic admin:<password>)")
 			return
@@ -71,18 +71,18 @@ func adminContext(req *http.Request) (context.Context, context.CancelFunc) {
 }
 
 // writeAdminError maps an admin action's error to a status and a name.
-func (r *Relay) writeAdminError(w http.ResponseWriter, err error) {
+func (a *api) writeAdminError(w http.ResponseWriter, err error) {
 	switch {
-	case errors.Is(err, ErrBadHostname), errors.Is(err, ErrBadDID), errors.Is(err, ErrBadDomain), errors.Is(err, ErrBadAccountLimit):
+	case errors.Is(err, relay.ErrBadHostname), errors.Is(err, relay.ErrBadDID), errors.Is(err, relay.ErrBadDomain), errors.Is(err, relay.ErrBadAccountLimit):
 		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
-	case errors.Is(err, ErrHostNotFound):
+	case errors.Is(err, relay.ErrHostNotFound):
 		writeError(w, http.StatusBadRequest, ErrNameHostNotFound, err.Error())
-	case errors.Is(err, ErrAccountNotFound):
+	case errors.Is(err, relay.ErrAccountNotFound):
 		writeError(w, http.StatusBadRequest, ErrNameRepoNotFound, err.Error())
-	case errors.Is(err, ErrDomainNotBanned):
+	case errors.Is(err, relay.ErrDomainNotBanned):
 		writeError(w, http.StatusBadRequest, ErrNameDomainNotBanned, err.Error())
 	default:
-		r.logger.Error("admin action failed", "err", err)
+		a.logger.Error("admin action failed", "err", err)
 		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
 	}
 }
@@ -105,9 +105,9 @@ type AdminHost struct {
 	CreatedAt    time.Time        `json:"createdAt"`
 }
 
-func (r *Relay) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
-	infos := r.hosts.Hosts()
-	slices.SortFunc(infos, func(a, b HostInfo) int { return cmp.Compare(a.ID, b.ID) })
+func (a *api) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
+	infos := a.r.Hosts()
+	slices.SortFunc(infos, func(x, y relay.HostInfo) int { return cmp.Compare(x.ID, y.ID) })
 	out := make([]AdminHost, len(infos))
 	for i, h := range infos {
 		out[i] = AdminHost{
@@ -119,37 +119,37 @@ func (r *Relay) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
 }
 
-func (r *Relay) handleAdminBlock(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminBlock(w http.ResponseWriter, req *http.Request) {
 	name, ok := bodyField(w, req, "hostname")
 	if !ok {
 		return
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	rec, err := r.BlockHost(ctx, name)
+	rec, err := a.r.BlockHost(ctx, name)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "hostname": rec.Hostname, "status": rec.Status})
 }
 
-func (r *Relay) handleAdminUnblock(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminUnblock(w http.ResponseWriter, req *http.Request) {
 	name, ok := bodyField(w, req, "hostname")
 	if !ok {
 		return
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	rec, err := r.UnblockHost(ctx, name)
+	rec, err := a.r.UnblockHost(ctx, name)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "hostname": rec.Hostname, "status": rec.Status})
 }
 
-func (r *Relay) handleAdminChangeLimits(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminChangeLimits(w http.ResponseWriter, req *http.Request) {
 	var in struct {
 		Hostname     string `json:"hostname"`
 		AccountLimit *int64 `json:"accountLimit"`
@@ -168,9 +168,9 @@ func (r *Relay) handleAdminChangeLimits(w http.ResponseWriter, req *http.Request
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	rec, err := r.ChangeHostLimits(ctx, in.Hostname, in.AccountLimit, in.Trusted)
+	rec, err := a.r.ChangeHostLimits(ctx, in.Hostname, in.AccountLimit, in.Trusted)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -178,42 +178,42 @@ func (r *Relay) handleAdminChangeLimits(w http.ResponseWriter, req *http.Request
 	})
 }
 
-func (r *Relay) handleAdminTakedown(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminTakedown(w http.ResponseWriter, req *http.Request) {
 	did, ok := bodyField(w, req, "did")
 	if !ok {
 		return
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	res, err := r.TakedownAccount(ctx, did)
+	res, err := a.r.TakedownAccount(ctx, did)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (r *Relay) handleAdminReverseTakedown(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminReverseTakedown(w http.ResponseWriter, req *http.Request) {
 	did, ok := bodyField(w, req, "did")
 	if !ok {
 		return
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	res, err := r.ReverseTakedown(ctx, did)
+	res, err := a.r.ReverseTakedown(ctx, did)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (r *Relay) handleAdminDomainBans(w http.ResponseWriter, req *http.Request) {
-	ctx, cancel := context.WithTimeout(req.Context(), apiStoreTimeout)
+func (a *api) handleAdminDomainBans(w http.ResponseWriter, req *http.Request) {
+	ctx, cancel := context.WithTimeout(req.Context(), storeTimeout)
 	defer cancel()
-	bans, err := r.store.ListDomainBans(ctx)
+	bans, err := a.r.DomainBans(ctx)
 	if err != nil {
-		r.internalError(w, "listing domain bans failed", err)
+		a.internalError(w, "listing domain bans failed", err)
 		return
 	}
 	if bans == nil {
@@ -222,38 +222,62 @@ func (r *Relay) handleAdminDomainBans(w http.ResponseWriter, req *http.Request) 
 	writeJSON(w, http.StatusOK, map[string]any{"domains": bans})
 }
 
-func (r *Relay) handleAdminAddDomainBan(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminAddDomainBan(w http.ResponseWriter, req *http.Request) {
 	raw, ok := bodyField(w, req, "domain")
 	if !ok {
 		return
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	domain, err := r.AddDomainBan(ctx, raw)
+	domain, err := a.r.AddDomainBan(ctx, raw)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "domain": domain})
 }
 
-func (r *Relay) handleAdminRemoveDomainBan(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminRemoveDomainBan(w http.ResponseWriter, req *http.Request) {
 	raw, ok := bodyField(w, req, "domain")
 	if !ok {
 		return
 	}
 	ctx, cancel := adminContext(req)
 	defer cancel()
-	domain, err := r.RemoveDomainBan(ctx, raw)
+	domain, err := a.r.RemoveDomainBan(ctx, raw)
 	if err != nil {
-		r.writeAdminError(w, err)
+		a.writeAdminError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "domain": domain})
 }
 
-func (r *Relay) handleAdminConsumers(w http.ResponseWriter, _ *http.Request) {
-	cs := r.bc.Consumers()
-	slices.SortFunc(cs, func(a, b ConsumerInfo) int { return cmp.Compare(a.ID, b.ID) })
+func (a *api) handleAdminConsumers(w http.ResponseWriter, _ *http.Request) {
+	cs := a.r.Consumers()
+	slices.SortFunc(cs, func(x, y relay.ConsumerInfo) int { return cmp.Compare(x.ID, y.ID) })
 	writeJSON(w, http.StatusOK, map[string]any{"consumers": cs})
+}
+
+// isAdmin reports whether the request carries the admin password, as
+// "Authorization: Bearer <password>" or HTTP Basic admin:<password>. Both
+// sides are hashed before a constant-time compare, so neither the content
+// nor the length of the password leaks through timing. With no password
+// configured nobody is admin.
+func (a *api) isAdmin(req *http.Request) bool {
+	if a.cfg.AdminPassword == "" {
+		return false
+	}
+	want := sha256.Sum256([]byte(a.cfg.AdminPassword))
+	if user, pass, ok := req.BasicAuth(); ok {
+		u := sha256.Sum256([]byte(user))
+		admin := sha256.Sum256([]byte("admin"))
+		got := sha256.Sum256([]byte(pass))
+		return subtle.ConstantTimeCompare(u[:], admin[:])&subtle.ConstantTimeCompare(got[:], want[:]) == 1
+	}
+	auth := req.Header.Get("Authorization")
+	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
+		got := sha256.Sum256([]byte(strings.TrimSpace(auth[7:])))
+		return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+	}
+	return false
 }
