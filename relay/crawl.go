@@ -276,11 +276,11 @@ func (m *HostManager) describeServer(ctx context.Context, host string, noSSL boo
 // (admin exempt), probe describeServer, store and connect. A known host is
 // reconnected if it is not connected.
 func (m *HostManager) AddHost(ctx context.Context, raw string, admin bool) (*meta.Host, error) {
-	host, noSSL, err := normalizeHostname(raw, m.r.cfg.AllowInsecureHosts)
+	host, noSSL, err := normalizeHostname(raw, m.policy.allowInsecure)
 	if err != nil {
 		return nil, err
 	}
-	if m.r.bans.banned(host) {
+	if m.bans.banned(host) {
 		return nil, fmt.Errorf("%w: %s", ErrHostBanned, host)
 	}
 	if h := m.byHostname(host); h != nil {
@@ -302,10 +302,10 @@ func (m *HostManager) AddHost(ctx context.Context, raw string, admin bool) (*met
 	if err := m.describeServer(ctx, host, noSSL); err != nil {
 		return nil, err
 	}
-	if !admin && !m.r.newHosts.take(m.r.cfg.NewHostsPerDay, time.Now()) {
+	if !admin && !m.newHosts.take(m.policy.newHostsPerDay, time.Now()) {
 		return nil, ErrNewHostLimit
 	}
-	rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.r.cfg.DefaultAccountLimit}
+	rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.policy.defaultAccountLimit}
 	if err := m.store.CreateHost(ctx, rec); err != nil {
 		if errors.Is(err, meta.ErrExists) {
 			if h := m.byHostname(host); h != nil {
@@ -322,10 +322,18 @@ func (m *HostManager) AddHost(ctx context.Context, raw string, admin bool) (*met
 	return rec, nil
 }
 
+// startBootstrap adds hosts from the seed relay in the background.
+func (m *HostManager) startBootstrap(seed string) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.bootstrap(seed)
+	}()
+}
+
 // bootstrap adds hosts from the seed relay's listHosts, paginated, and
 // keeps retrying while the seed is unreachable.
 func (m *HostManager) bootstrap(seed string) {
-	defer m.wg.Done()
 	base := seed
 	if !strings.Contains(base, "://") {
 		base = "https://" + base
@@ -374,11 +382,11 @@ func (m *HostManager) bootstrapOnce(base string) (int, error) {
 			if hs == nil || (hs.Status != nil && *hs.Status != "" && *hs.Status != "active") {
 				continue
 			}
-			host, noSSL, err := normalizeHostname(hs.Hostname, m.r.cfg.AllowInsecureHosts)
-			if err != nil || m.r.bans.banned(host) || m.byHostname(host) != nil {
+			host, noSSL, err := normalizeHostname(hs.Hostname, m.policy.allowInsecure)
+			if err != nil || m.bans.banned(host) || m.byHostname(host) != nil {
 				continue
 			}
-			rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.r.cfg.DefaultAccountLimit}
+			rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.policy.defaultAccountLimit}
 			if err := m.store.CreateHost(context.Background(), rec); err != nil {
 				continue
 			}

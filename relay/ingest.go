@@ -95,14 +95,20 @@ type accountState struct {
 // one account's events are processed in order by one worker, which owns
 // that account's cached state without locks.
 type Ingester struct {
-	r          *Relay
-	store      meta.Store
-	derived    *derivedState
-	resolver   *Resolver
-	v          validator
+	store    meta.Store
+	derived  *derivedState
+	resolver *Resolver
+	submit   func(context.Context, Outgoing) error
+	hostByID func(id uint64) *hostConn
+	metrics  *Metrics
+	v        validator
+
 	partitions []*partition
 	seed       maphash.Seed
 	logger     *slog.Logger
+	// lastIngest is when an event last became durable (unix nanos; 0:
+	// never), for the readiness probe's stall check.
+	lastIngest atomic.Int64
 
 	stop chan struct{} // stops the workers
 	wg   sync.WaitGroup
@@ -134,14 +140,30 @@ type partition struct {
 	stalled map[string]bool
 }
 
-func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Resolver, workers int) *Ingester {
-	if workers < 1 {
-		workers = 1
-	}
+// ingestDeps is everything the ingester touches.
+type ingestDeps struct {
+	store    meta.Store    // accounts and repo heads
+	derived  *derivedState // durable changes not yet checkpointed
+	resolver *Resolver     // identities
+	// submit hands an accepted event to the sequencer.
+	submit func(context.Context, Outgoing) error
+	// hostByID is a host's live record (a migration moves one account
+	// count off the old host).
+	hostByID func(id uint64) *hostConn
+	metrics  *Metrics
+	logger   *slog.Logger
+	// lenient and enforceInversion are the validation policy.
+	lenient, enforceInversion bool
+	workers                   int
+}
+
+func newIngester(d ingestDeps) *Ingester {
+	workers := max(d.workers, 1)
 	ing := &Ingester{
-		r: r, store: store, derived: derived, resolver: resolver, seed: maphash.MakeSeed(),
-		logger: r.logger.With("component", "ingest"),
-		v:      validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
+		store: d.store, derived: d.derived, resolver: d.resolver, submit: d.submit, hostByID: d.hostByID,
+		metrics: d.metrics, seed: maphash.MakeSeed(),
+		logger: d.logger,
+		v:      validator{lenient: d.lenient, enforceInversion: d.enforceInversion, now: time.Now},
 		stop:   make(chan struct{}),
 
 		storeTimeout: storeTimeout,
@@ -347,7 +369,7 @@ func (p *partition) release(did string) {
 // fills and its socket is paused.
 func (p *partition) stall(it *ingestItem, what string, err error) {
 	p.ing.logger.Error("store error; event held for retry", "op", what, "did", it.did, "host", it.host.name, "err", err)
-	p.ing.r.metrics.storeRetries.Inc()
+	p.ing.metrics.storeRetries.Inc()
 	p.pending[it.did] = append([]*ingestItem{it}, p.pending[it.did]...)
 	p.stalled[it.did] = true
 }
@@ -366,7 +388,7 @@ func (p *partition) retryStalled() {
 
 // drop counts a rejected event and releases its upstream seq.
 func (p *partition) drop(it *ingestItem, reason string, err error) {
-	p.ing.r.metrics.Dropped(reason).Inc()
+	p.ing.metrics.Dropped(reason).Inc()
 	it.host.countDrop(reason)
 	it.host.done(it.useq)
 	p.ing.logger.Debug("event dropped", "host", it.host.name, "did", it.did, "type", it.typ(), "reason", reason, "err", err)
@@ -429,8 +451,8 @@ func (p *partition) cacheAccount(st *accountState) {
 // to the sequencer or drops it.
 func (p *partition) process(it *ingestItem, info *identInfo) {
 	start := time.Now()
-	defer p.ing.r.metrics.validateSeconds.UpdateDuration(start)
-	r := p.ing.r
+	mt := p.ing.metrics
+	defer mt.validateSeconds.UpdateDuration(start)
 	if info.err != nil {
 		p.drop(it, "identity_error", info.err)
 		return
@@ -477,12 +499,12 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		p.ing.logger.Info("account moved", "did", it.did, "from", st.acct.HostID, "to", it.host.id)
 		// The store moved one account count; mirror it in the hosts' live
 		// records, which the account limit is checked against.
-		if from := r.hosts.byID(st.acct.HostID); from != nil {
+		if from := p.ing.hostByID(st.acct.HostID); from != nil {
 			from.accountRemoved()
 		}
 		it.host.accountCreated()
 		st.acct = moved
-		r.metrics.accountMigrations.Inc()
+		mt.accountMigrations.Inc()
 	case !authoritative:
 		// The document no longer names this host: refresh once, then drop.
 		if p.reresolveOnce(it) {
@@ -502,11 +524,11 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 			return
 		}
 		if res.inversionErr != nil {
-			r.metrics.inversionFailures.Inc()
+			mt.inversionFailures.Inc()
 			it.host.countDrop("inversion_failed_accepted")
 		}
 		if res.prevDataMismatch {
-			r.metrics.prevDataMismatch.Inc()
+			mt.prevDataMismatch.Inc()
 		}
 		p.accept(it, st, KindCommit, it.commit, res, nil)
 	case it.sync != nil:
@@ -600,8 +622,8 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 		repo = &meta.RepoState{UID: st.acct.UID, Rev: res.rev, CommitCID: res.commitCID, DataCID: res.dataCID}
 	}
 	host, useq := it.host, it.useq
-	lastIngest := &p.ing.r.hosts.lastIngest
-	recv, durableSeconds := it.recv, p.ing.r.metrics.durableSeconds
+	lastIngest := &p.ing.lastIngest
+	recv, durableSeconds := it.recv, p.ing.metrics.durableSeconds
 	st.inflight.Add(1)
 	ev := Outgoing{
 		Kind: kind, UID: st.acct.UID, Body: body,
@@ -622,12 +644,12 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 			}
 		},
 	}
-	if err := p.ing.r.seq.Submit(context.Background(), ev); err != nil {
+	if err := p.ing.submit(context.Background(), ev); err != nil {
 		// Not durable, so the host's cursor must not pass it: the host
 		// rewinds and resumes from its cursor (after a restart if the
 		// sequencer failed).
 		st.inflight.Add(-1)
-		p.ing.r.metrics.notSequenced.Inc()
+		p.ing.metrics.notSequenced.Inc()
 		p.ing.logger.Warn("event not sequenced", "did", it.did, "host", host.name, "err", err)
 		host.abandon(err)
 	}

@@ -57,9 +57,6 @@ type Relay struct {
 	ing      *Ingester
 	hosts    *HostManager
 	bans     domainBans
-	newHosts newHostBudget
-
-	recovered *recovered // what start-up recovery found (host resume points)
 
 	ln, mln    net.Listener
 	httpSrv    *http.Server
@@ -109,7 +106,6 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		r.log.Close()
 		return nil, fmt.Errorf("recover derived state from the event log: %w", err)
 	}
-	r.recovered = rec
 	r.derived = newDerivedState(rec.seq)
 	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
 	if err := r.openCollections(); err != nil {
@@ -133,8 +129,22 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		UserAgent:              userAgent,
 	}
 	r.resolver = NewResolver(dir, logger.With("component", "identity"))
-	r.ing = newIngester(r, r.store, r.derived, r.resolver, cfg.FrameWorkers)
-	r.hosts = newHostManager(r, r.store, r.engine, r.ing)
+	r.ing = newIngester(ingestDeps{
+		store: r.store, derived: r.derived, resolver: r.resolver, submit: r.seq.Submit,
+		// Late-bound: the host manager is built on the ingester.
+		hostByID: func(id uint64) *hostConn { return r.hosts.byID(id) },
+		metrics:  r.metrics, logger: logger.With("component", "ingest"),
+		lenient: cfg.LenientSyncValidation, enforceInversion: cfg.InversionEnforced, workers: cfg.FrameWorkers,
+	})
+	r.hosts = newHostManager(hostDeps{
+		store: r.store, engine: r.engine, ing: r.ing, bans: &r.bans,
+		recovered: rec.hosts, sequencerErr: r.seq.Err,
+		metrics: r.metrics, logger: logger.With("component", "hosts"),
+		policy: hostPolicy{
+			allowInsecure: cfg.AllowInsecureHosts, newHostsPerDay: cfg.NewHostsPerDay,
+			defaultAccountLimit: cfg.DefaultAccountLimit,
+		},
+	})
 	r.ckpt = newCheckpointer(r.store, r.derived, r.hosts, rec.seq, r.metrics, logger.With("component", "checkpoint"))
 	r.hosts.checkpointSoon = r.ckpt.soon
 	r.registerGauges()
@@ -200,8 +210,7 @@ func (r *Relay) Start(h Handlers) error {
 		return err
 	}
 	if r.cfg.Upstream != "" {
-		r.hosts.wg.Add(1)
-		go r.hosts.bootstrap(r.cfg.Upstream)
+		r.hosts.startBootstrap(r.cfg.Upstream)
 	}
 	return nil
 }

@@ -216,7 +216,7 @@ func (r *Relay) Health(ctx context.Context) string {
 		return "metadata store unreachable: " + err.Error()
 	}
 	if r.hosts.connectedCount() > 0 {
-		last := r.hosts.lastIngest.Load()
+		last := r.ing.lastIngest.Load()
 		if last == 0 {
 			last = r.started.UnixNano()
 		}
