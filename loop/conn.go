@@ -48,7 +48,7 @@ type Handler interface {
 	// passed to Close or returned by OnMessage, or an I/O error.
 	//
 	// OnClose may run inside a Conn method called on the loop (Writev,
-	// WriteMessage, Close, CloseWith) when that call closes the connection,
+	// Close, CloseWith) when that call closes the connection,
 	// for example on a write error; the method then returns after it.
 	OnClose(c *Conn, err error)
 }
@@ -170,18 +170,6 @@ func (c *Conn) Writev(bufs [][]byte) error {
 		bufs = bufs[len(chunk):]
 	}
 	return nil
-}
-
-// WriteMessage frames payload as one message of opcode op (masked in the
-// client role) and writes it (loop). Errors as for Writev.
-func (c *Conn) WriteMessage(op ws.OpCode, payload []byte) error {
-	if err := c.writable(); err != nil {
-		return err
-	}
-	if err := c.checkOutbound(len(payload) + ws.MaxHeaderSize); err != nil {
-		return err
-	}
-	return c.writeFrame(op, payload)
 }
 
 func (c *Conn) writable() error {
@@ -348,15 +336,6 @@ func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
 // Context returns the owner's state (loop).
 func (c *Conn) Context() any { return c.ctx }
-
-// SetContext sets the owner's state (loop).
-func (c *Conn) SetContext(v any) { c.ctx = v }
-
-// Role returns the connection's role.
-func (c *Conn) Role() Role { return c.role }
-
-// Paused reports whether reading is paused (loop).
-func (c *Conn) Paused() bool { return c.paused }
 
 // onOpen runs in gnet's OnOpen: register, tell the handler, then decode
 // what arrived before enrolment.

@@ -46,7 +46,7 @@ const (
 	// the peer's close before it is closed anyway.
 	closeGrace = 5 * time.Second
 	// writeScratchKeep bounds the per-loop scratch buffer kept between
-	// WriteMessage calls; larger buffers are dropped after use.
+	// control-frame writes; larger buffers are dropped after use.
 	writeScratchKeep = 64 << 10
 )
 
@@ -121,7 +121,7 @@ type loopState struct {
 	e       *Engine
 	el      gnet.EventLoop
 	conns   []*Conn // connections owned by the loop, for the liveness sweep
-	scratch []byte  // WriteMessage framing buffer, reused on the loop
+	scratch []byte  // frame-writing buffer, reused on the loop
 	sweep   gnet.RunnableFunc
 }
 
@@ -210,14 +210,6 @@ func (e *Engine) loopState(el gnet.EventLoop) *loopState {
 		e.active = append(e.active, el)
 	}
 	return ls
-}
-
-// Loops returns the distinct loops that have owned at least one connection
-// so far, for fan-out: one Execute per loop per batch.
-func (e *Engine) Loops() []gnet.EventLoop {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]gnet.EventLoop(nil), e.active...)
 }
 
 // Stop closes every connection, sending a close frame 1001 (going away)

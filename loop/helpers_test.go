@@ -17,6 +17,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	"github.com/panjf2000/gnet/v2"
 )
 
 // testTimeout bounds every wait in these tests; reaching it is a failure,
@@ -260,4 +261,29 @@ func (l *syncList) len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.items)
+}
+
+// Test-only Conn methods (the relay does not use them).
+
+// Role returns the connection's role.
+func (c *Conn) Role() Role { return c.role }
+
+// WriteMessage frames payload as one message of opcode op (masked in the
+// client role) and writes it (loop). Errors as for Writev.
+func (c *Conn) WriteMessage(op ws.OpCode, payload []byte) error {
+	if err := c.writable(); err != nil {
+		return err
+	}
+	if err := c.checkOutbound(len(payload) + ws.MaxHeaderSize); err != nil {
+		return err
+	}
+	return c.writeFrame(op, payload)
+}
+
+// Loops returns the distinct loops that have owned at least one connection
+// so far.
+func (e *Engine) Loops() []gnet.EventLoop {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]gnet.EventLoop(nil), e.active...)
 }

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+
+	"github.com/bluesky-social/indigo/util/ssrf"
 )
 
 // ErrForbiddenAddress is returned (wrapped in a *net.OpError) when
@@ -16,83 +18,45 @@ import (
 // other than 80 and 443.
 var ErrForbiddenAddress = errors.New("loop: destination address not allowed")
 
-// Ports a safe dial may connect to: PDS hosts serve on HTTPS, and plain
-// HTTP is tolerated for redirects.
-const (
-	portHTTP  = 80
-	portHTTPS = 443
-)
-
-// blockedV4 are the IPv4 ranges that are not public unicast destinations
-// (RFC 6890 special-purpose registry and friends).
-var blockedV4 = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),       // "this network"
-	netip.MustParsePrefix("10.0.0.0/8"),      // private
-	netip.MustParsePrefix("100.64.0.0/10"),   // carrier-grade NAT
-	netip.MustParsePrefix("127.0.0.0/8"),     // loopback
-	netip.MustParsePrefix("169.254.0.0/16"),  // link-local, cloud metadata
-	netip.MustParsePrefix("172.16.0.0/12"),   // private
-	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments
-	netip.MustParsePrefix("192.0.2.0/24"),    // TEST-NET-1
-	netip.MustParsePrefix("192.168.0.0/16"),  // private
-	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
-	netip.MustParsePrefix("198.51.100.0/24"), // TEST-NET-2
-	netip.MustParsePrefix("203.0.113.0/24"),  // TEST-NET-3
-	netip.MustParsePrefix("224.0.0.0/4"),     // multicast
-	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, broadcast
+// The address and port rules are indigo's (util/ssrf: its reserved IPv4
+// ranges, IPv6 global unicast only, ports 80 and 443, TCP only). indigo
+// refuses less in one place, kept here: the IPv6 documentation ranges,
+// which lie inside 2000::/3 and so pass its global-unicast test.
+var docV6 = []netip.Prefix{
+	netip.MustParsePrefix("2001:db8::/32"), // documentation
+	netip.MustParsePrefix("3fff::/20"),     // documentation (RFC 9637)
 }
 
-// IPv6: only global unicast (2000::/3) is public, minus documentation.
-var (
-	globalUnicastV6 = netip.MustParsePrefix("2000::/3")
-	blockedV6       = []netip.Prefix{
-		netip.MustParsePrefix("2001:db8::/32"), // documentation
-		netip.MustParsePrefix("3fff::/20"),     // documentation (RFC 9637)
-	}
-)
-
 // IsPublicAddr reports whether ip is a public unicast address a relay may
-// connect to on a host's behalf. IPv4-mapped IPv6 addresses are judged as
+// connect to on a host's behalf: indigo's ssrf.IsPublicIPAddress, minus
+// the IPv6 documentation ranges. IPv4-mapped IPv6 addresses are judged as
 // IPv4.
 func IsPublicAddr(ip netip.Addr) bool {
 	ip = ip.Unmap()
-	switch {
-	case !ip.IsValid():
+	if !ip.IsValid() || !ssrf.IsPublicIPAddress(net.IP(ip.AsSlice())) {
 		return false
-	case ip.Is4():
-		for _, p := range blockedV4 {
-			if p.Contains(ip) {
-				return false
-			}
-		}
-		return true
-	default:
-		if !globalUnicastV6.Contains(ip) {
+	}
+	for _, p := range docV6 {
+		if p.Contains(ip) {
 			return false
 		}
-		for _, p := range blockedV6 {
-			if p.Contains(ip) {
-				return false
-			}
-		}
-		return true
 	}
+	return true
 }
 
-// checkDestination is a net.Dialer Control hook. It sees the resolved
-// address of each connection attempt just before connect(2), so neither a
-// DNS answer nor a rebinding between lookup and connect can lead the dial
-// to a forbidden address, and no packet is sent to one.
-func checkDestination(network, address string, _ syscall.RawConn) error {
+// checkDestination is a net.Dialer Control hook: indigo's
+// ssrf.PublicOnlyControl plus the documentation ranges above, its refusal
+// wrapped in ErrForbiddenAddress. It sees the resolved address of each
+// connection attempt just before connect(2), so neither a DNS answer nor a
+// rebinding between lookup and connect can lead the dial to a forbidden
+// address, and no packet is sent to one.
+func checkDestination(network, address string, c syscall.RawConn) error {
+	if err := ssrf.PublicOnlyControl(network, address, c); err != nil {
+		return fmt.Errorf("%w: %w", ErrForbiddenAddress, err)
+	}
 	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrForbiddenAddress, address, err)
-	}
-	if p := ap.Port(); p != portHTTP && p != portHTTPS {
-		return fmt.Errorf("%w: port %d", ErrForbiddenAddress, p)
-	}
-	if !IsPublicAddr(ap.Addr()) {
-		return fmt.Errorf("%w: %s", ErrForbiddenAddress, ap.Addr())
+	if err != nil || !IsPublicAddr(ap.Addr()) {
+		return fmt.Errorf("%w: %s", ErrForbiddenAddress, address)
 	}
 	return nil
 }

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
 )
 
 // Observation limits.
@@ -129,44 +131,58 @@ func GoroutinesByLabel(key string) (map[string]int, error) {
 	return out, sc.Err()
 }
 
-// ParsePrometheus reads Prometheus text exposition. Each series is keyed
-// by its full name with labels as written ("a_total{reason=\"x\"}"), and
-// each metric name also by itself with the sum of its series.
+// ParsePrometheus reads Prometheus text exposition with expfmt. Each
+// series is keyed by its full name with labels in the order written
+// ("a_total{reason=\"x\"}"), and each metric name also by itself with the
+// sum of its series. Lines are parsed one at a time, as untyped samples, so
+// a malformed line is skipped rather than failing the whole scrape, and
+// the # TYPE of a histogram does not fold its _bucket series away.
 func ParsePrometheus(r io.Reader) (map[string]float64, error) {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var p expfmt.TextParser
+	var key strings.Builder
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		end := strings.LastIndexByte(line, '}')
-		if end < 0 {
-			end = strings.IndexByte(line, ' ')
-		} else {
-			end++
-		}
-		if end <= 0 || end >= len(line) {
-			continue
-		}
-		series := line[:end]
-		fields := strings.Fields(line[end:])
-		if len(fields) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
+		fams, err := p.TextToMetricFamilies(strings.NewReader(line + "\n"))
 		if err != nil {
 			continue
 		}
-		name, _, labelled := strings.Cut(series, "{")
-		out[series] = v
-		if labelled {
-			out[name] += v
+		for name, mf := range fams {
+			for _, m := range mf.GetMetric() {
+				v := m.GetUntyped().GetValue()
+				if len(m.GetLabel()) == 0 {
+					out[name] = v
+					continue
+				}
+				key.Reset()
+				key.WriteString(name)
+				for i, l := range m.GetLabel() {
+					if i == 0 {
+						key.WriteByte('{')
+					} else {
+						key.WriteByte(',')
+					}
+					key.WriteString(l.GetName())
+					key.WriteString(`="`)
+					key.WriteString(labelEscaper.Replace(l.GetValue()))
+					key.WriteByte('"')
+				}
+				key.WriteByte('}')
+				out[key.String()] = v
+				out[name] += v
+			}
 		}
 	}
 	return out, sc.Err()
 }
+
+// labelEscaper escapes a label value as the text format writes it.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 // ScrapePrometheus fetches and parses a /metrics URL.
 func ScrapePrometheus(ctx context.Context, url string) (map[string]float64, error) {

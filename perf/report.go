@@ -32,7 +32,7 @@ func WriteMarkdown(w io.Writer, results []*Result) error {
 			mdCell(r.Scenario), mdCell(r.Target), mdCell(r.Profile),
 			r.Hosts, r.Accounts/max(r.Hosts, 1), r.Consumers, r.Fleet.Slow,
 			r.Emit.Emitted, r.Delivered, r.DeliveredRatio, r.Throughput,
-			fmtDur(l.P50), fmtDur(l.P90), fmtDur(l.P99), fmtDur(l.Max),
+			FormatLatency(l.P50), FormatLatency(l.P90), FormatLatency(l.P99), FormatLatency(l.Max),
 			r.Fleet.Gaps, r.Fleet.Duplicates, r.Fleet.ConsumerTooSlow)
 	}
 	for _, r := range results {
@@ -48,7 +48,7 @@ func writeDetails(b *strings.Builder, r *Result) {
 	fmt.Fprintf(b, "\n**%s / %s**\n\n", mdCell(r.Scenario), mdCell(r.Target))
 	if l := r.Fleet.Latency; l.Count > 0 {
 		fmt.Fprintf(b, "- latency (fast consumers, %d samples): p50 %s, p90 %s, p99 %s, p99.9 %s, max %s\n",
-			l.Count, fmtDur(l.P50), fmtDur(l.P90), fmtDur(l.P99), fmtDur(l.P999), fmtDur(l.Max))
+			l.Count, FormatLatency(l.P50), FormatLatency(l.P90), FormatLatency(l.P99), FormatLatency(l.P999), FormatLatency(l.Max))
 	}
 	if r.Emit.Emitted > 0 {
 		fmt.Fprintf(b, "- pregenerated %d events (%.1f MB) in %s; warmup %s; drain %s\n",
@@ -122,8 +122,9 @@ func mdCell(s string) string {
 	return strings.NewReplacer("|", "\\|", "\n", " ").Replace(s)
 }
 
-// fmtDur prints a latency with a precision that suits its size.
-func fmtDur(d time.Duration) string {
+// FormatLatency prints a latency with a precision that suits its size
+// ("-" for none): the report's and cmd/perf's progress lines' format.
+func FormatLatency(d time.Duration) string {
 	switch {
 	case d == 0:
 		return "-"

@@ -9,7 +9,6 @@ import (
 
 	"github.com/bluesky-social/indigo/atproto/syntax"
 
-	"github.com/relay/relay/loop"
 	"github.com/relay/relay/persist/meta"
 )
 
@@ -46,7 +45,7 @@ var (
 
 // adminCounter counts admin actions by action name.
 func (r *Relay) adminCounter(action string) {
-	r.metrics.Counter(fmt.Sprintf(`relay_admin_actions_total{action=%q}`, action)).Inc()
+	r.metrics.AdminAction(action)
 }
 
 // trackedHost returns the host an admin names, or ErrBadHostname /
@@ -61,38 +60,6 @@ func (r *Relay) trackedHost(raw string) (*hostConn, error) {
 		return nil, fmt.Errorf("%w: %s", ErrHostNotFound, name)
 	}
 	return h, nil
-}
-
-// persistHost applies change to the host's record and writes it, returning
-// the store's error (setStatus only logs it; an admin must see it).
-func (m *HostManager) persistHost(ctx context.Context, h *hostConn, change func(rec *meta.Host)) (meta.Host, error) {
-	h.mu.Lock()
-	change(&h.rec)
-	rec := h.rec
-	h.mu.Unlock()
-	rec.Cursor = h.tracker.cursor()
-	if err := m.store.UpdateHost(ctx, &rec); err != nil {
-		return rec, fmt.Errorf("persist host %s: %w", h.name, err)
-	}
-	return rec, nil
-}
-
-// disconnect closes h's connection with cause (which tells OnClose not to
-// redial) and waits up to disconnectWait for it to be closed.
-func (m *HostManager) disconnect(h *hostConn, cause error) {
-	h.mu.Lock()
-	if h.timer != nil {
-		h.timer.Stop()
-		h.timer = nil
-	}
-	h.mu.Unlock()
-	if c := h.conn.Load(); c != nil {
-		_ = c.Execute(func(c *loop.Conn) { c.Close(cause) })
-	}
-	deadline := time.Now().Add(disconnectWait)
-	for h.connected.Load() && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // BlockHost marks a host blocked (persisted, so it stays blocked across
@@ -361,17 +328,6 @@ func (r *Relay) reloadBans(ctx context.Context) error {
 	}
 	r.bans.set(bans)
 	return nil
-}
-
-// allHosts is a snapshot of the tracked hosts.
-func (m *HostManager) allHosts() []*hostConn {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]*hostConn, 0, len(m.hosts))
-	for _, h := range m.hosts {
-		out = append(out, h)
-	}
-	return out
 }
 
 // AddDomainBan bans a domain and every name under it: requestCrawl and

@@ -258,7 +258,7 @@ func (b *Broadcaster) OnOpen(conn *loop.Conn) {
 	b.mu.Unlock()
 	g.consumers[c] = struct{}{}
 	c.group = g
-	b.metrics.Counter("relay_consumers_connected_total").Inc()
+	b.metrics.consumersConnected.Inc()
 
 	head := b.ring.Head()
 	switch {
@@ -285,7 +285,7 @@ func (b *Broadcaster) OnOpen(conn *loop.Conn) {
 
 // OnMessage ignores data from consumers: they have nothing to send.
 func (b *Broadcaster) OnMessage(conn *loop.Conn, op ws.OpCode, payload []byte) error {
-	b.metrics.Counter("relay_consumer_messages_ignored_total").Inc()
+	b.metrics.messagesIgnored.Inc()
 	return nil
 }
 

@@ -283,7 +283,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(); err != nil {
+	if err := r.Start(testHandlers(r)); err != nil {
 		t.Fatal(err)
 	}
 	c := dialConsumer(t, r.Addr(), "")

@@ -1,10 +1,18 @@
 // Package relay is the domain of the AT Protocol relay: ingest from PDS hosts,
-// validation, sequencing, durable broadcast to firehose consumers, and the
-// HTTP API. It builds on loop (sockets), wsframe (frames) and persist (storage).
+// validation, sequencing, durable broadcast to firehose consumers, hosts and
+// accounts, and the exported surface (surface.go) that the HTTP package,
+// relay/httpapi, serves. It builds on loop (sockets), wsframe (frames) and
+// persist (storage).
 package relay
 
 import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -128,4 +136,83 @@ func DefaultConfig() Config {
 		InversionEnforced:   true,
 		DiscoveryInterval:   DefaultDiscoveryInterval,
 	}
+}
+
+// ErrBadConfig wraps every error of Config.Validate.
+var ErrBadConfig = errors.New("relay: invalid configuration")
+
+// Validate checks the configuration before anything starts and reports
+// every problem at once, each naming its setting. It refuses values the
+// relay would run with but not work: a consumer outbound cap or maximum
+// lag of 0 (nothing is ever written to a consumer, or every consumer is
+// kicked at its first event of lag), negative sizes, counts and
+// durations, and listen addresses that are not host:port.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(setting, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrBadConfig, setting, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(setting, addr string) {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			bad(setting, "%q is not a port or host:port (%v)", addr, err)
+			return
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad(setting, "port %q is not a number from 0 to 65535", port)
+		}
+	}
+	checkAddr("RELAY_PORT (-port)", c.Listen)
+	if c.MetricsListen != "" {
+		checkAddr("RELAY_METRICS_PORT (-metrics-port)", c.MetricsListen)
+		if c.MetricsListen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+			bad("RELAY_METRICS_PORT (-metrics-port)", "%q is also the API address (RELAY_PORT)", c.MetricsListen)
+		}
+	}
+	if c.DataDir == "" {
+		bad("RELAY_DATA_DIR (-data-dir)", "must not be empty")
+	}
+	if u, err := url.Parse(c.PLCHost); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("RELAY_PLC_HOST (-plc-host)", "%q is not an http(s) URL", c.PLCHost)
+	}
+	if c.Retention < 0 {
+		bad("RELAY_RETENTION_HOURS (-retention-hours)", "must be >= 0 (0 keeps everything), got %s", c.Retention)
+	}
+	if c.MaxEventsBytes < 0 {
+		bad("RELAY_MAX_EVENTS_GB (-max-events-gb)", "must be >= 0 (0: no cap), got %d bytes", c.MaxEventsBytes)
+	}
+	if c.FrameWorkers < 1 {
+		bad("FRAME_WORKERS (-frame-workers)", "must be at least 1, got %d", c.FrameWorkers)
+	}
+	if c.EventLoops < 1 {
+		bad("RELAY_EVENT_LOOPS (-event-loops)", "must be at least 1, got %d", c.EventLoops)
+	}
+	if c.RingSize < 1 {
+		bad("RELAY_RING_SIZE (-ring-size)", "must be at least 1, got %d", c.RingSize)
+	}
+	if c.ConsumerMaxLag <= 0 {
+		bad("RELAY_CONSUMER_MAX_LAG (-consumer-max-lag)", "must be > 0 (0 kicks every consumer at its first event of lag), got %d", c.ConsumerMaxLag)
+	}
+	if c.ConsumerOutboundCap <= 0 {
+		bad("RELAY_CONSUMER_OUTBOUND_BYTES (-consumer-outbound-bytes)", "must be > 0 (0 never writes to a consumer), got %d", c.ConsumerOutboundCap)
+	}
+	if c.MaxConsumers < 0 {
+		bad("RELAY_MAX_CONSUMERS (-max-consumers)", "must be >= 0 (0: no limit), got %d", c.MaxConsumers)
+	}
+	if c.FsyncInterval < 0 {
+		bad("FsyncInterval", "must be >= 0, got %s", c.FsyncInterval)
+	}
+	if c.IngestStallTimeout <= 0 {
+		bad("IngestStallTimeout", "must be > 0, got %s", c.IngestStallTimeout)
+	}
+	if c.NewHostsPerDay < 0 {
+		bad("RELAY_NEW_HOSTS_PER_DAY (-new-hosts-per-day)", "must be >= 0 (0: no limit), got %d", c.NewHostsPerDay)
+	}
+	if c.DefaultAccountLimit < 0 {
+		bad("DefaultAccountLimit", "must be >= 0 (0: no limit), got %d", c.DefaultAccountLimit)
+	}
+	if c.SegmentEvents < 0 {
+		bad("SegmentEvents", "must be >= 0 (0: the event log's default), got %d", c.SegmentEvents)
+	}
+	return errors.Join(errs...)
 }

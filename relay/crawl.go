@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	comatproto "github.com/bluesky-social/indigo/api/atproto"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 
 	"github.com/relay/relay/persist/meta"
@@ -264,9 +265,7 @@ func (m *HostManager) describeServer(ctx context.Context, host string, noSSL boo
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%w: status %d", ErrDescribeServer, resp.StatusCode)
 	}
-	var doc struct {
-		DID string `json:"did"`
-	}
+	var doc comatproto.ServerDescribeServer_Output
 	if err := json.NewDecoder(io.LimitReader(resp.Body, describeServerLimit)).Decode(&doc); err != nil {
 		return fmt.Errorf("%w: %w", ErrDescribeServer, err)
 	}
@@ -277,11 +276,11 @@ func (m *HostManager) describeServer(ctx context.Context, host string, noSSL boo
 // (admin exempt), probe describeServer, store and connect. A known host is
 // reconnected if it is not connected.
 func (m *HostManager) AddHost(ctx context.Context, raw string, admin bool) (*meta.Host, error) {
-	host, noSSL, err := normalizeHostname(raw, m.r.cfg.AllowInsecureHosts)
+	host, noSSL, err := normalizeHostname(raw, m.policy.allowInsecure)
 	if err != nil {
 		return nil, err
 	}
-	if m.r.bans.banned(host) {
+	if m.bans.banned(host) {
 		return nil, fmt.Errorf("%w: %s", ErrHostBanned, host)
 	}
 	if h := m.byHostname(host); h != nil {
@@ -303,10 +302,10 @@ func (m *HostManager) AddHost(ctx context.Context, raw string, admin bool) (*met
 	if err := m.describeServer(ctx, host, noSSL); err != nil {
 		return nil, err
 	}
-	if !admin && !m.r.newHosts.take(m.r.cfg.NewHostsPerDay, time.Now()) {
+	if !admin && !m.newHosts.take(m.policy.newHostsPerDay, time.Now()) {
 		return nil, ErrNewHostLimit
 	}
-	rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.r.cfg.DefaultAccountLimit}
+	rec := &meta.Host{Hostname: host, NoSSL: noSSL, Status: meta.HostActive, AccountLimit: m.policy.defaultAccountLimit}
 	if err := m.store.CreateHost(ctx, rec); err != nil {
 		if errors.Is(err, meta.ErrExists) {
 			if h := m.byHostname(host); h != nil {

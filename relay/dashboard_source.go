@@ -2,10 +2,8 @@ package relay
 
 import (
 	"math"
-	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -34,41 +32,18 @@ func (r *Relay) DashboardSource() dashboard.Source {
 		Stats:     r.dashStats,
 		Hosts:     r.dashHosts,
 		Consumers: r.dashConsumers,
-		Ready:     r.health,
+		Ready:     r.Health,
 	}
-}
-
-// dashboardHandler builds /dash/ and runs its sampler until Close.
-func (r *Relay) dashboardHandler() http.Handler {
-	d := dashboard.New(r.DashboardSource(), dashboard.Options{Logger: r.logger.With("component", "dashboard")})
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		d.Run(r.stop)
-	}()
-	return d
-}
-
-func sumCounters(m *sync.Map) uint64 {
-	var n uint64
-	m.Range(func(_, v any) bool {
-		n += v.(*metrics.Counter).Get()
-		return true
-	})
-	return n
 }
 
 func (r *Relay) dashStats() dashboard.Stats {
 	ls := r.log.Stats()
 	drops := map[string]uint64{}
-	r.metrics.dropped.Range(func(k, v any) bool {
-		drops[k.(string)] = v.(*metrics.Counter).Get()
-		return true
-	})
+	r.metrics.dropped.each(func(reason string, c *metrics.Counter) { drops[reason] = c.Get() })
 	return dashboard.Stats{
 		HeadSeq:        r.ring.Head(),
-		EventsIn:       sumCounters(&r.metrics.in),
-		EventsOut:      sumCounters(&r.metrics.out),
+		EventsIn:       r.metrics.in.sum(),
+		EventsOut:      r.metrics.out.sum(),
 		FramesSent:     r.metrics.framesDelivered.Get(),
 		BytesSent:      r.metrics.bytesDelivered.Get(),
 		Drops:          drops,

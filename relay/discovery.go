@@ -110,7 +110,7 @@ func (m *HostManager) discoverOnce(base string) (added, refused int, err error) 
 			if hs.Status != nil && *hs.Status != "" && *hs.Status != "active" {
 				continue
 			}
-			host, _, err := normalizeHostname(hs.Hostname, m.r.cfg.AllowInsecureHosts)
+			host, _, err := normalizeHostname(hs.Hostname, m.policy.allowInsecure)
 			if err != nil || m.byHostname(host) != nil {
 				continue
 			}
@@ -124,12 +124,12 @@ func (m *HostManager) discoverOnce(base string) (added, refused int, err error) 
 			cancel()
 			if err != nil {
 				refused++
-				m.r.metrics.set.GetOrCreateCounter(`relay_discovery_refused_total{reason="` + crawlRefusal(err) + `"}`).Inc()
+				m.metrics.discoveryRefused.with(crawlRefusal(err)).Inc()
 				m.logger.Info("discovered host refused", "host", host, "err", err)
 				continue
 			}
 			added++
-			m.r.metrics.set.GetOrCreateCounter(`relay_discovery_added_total`).Inc()
+			m.metrics.discoveryAdded.Inc()
 		}
 		if page.Cursor == nil || *page.Cursor == "" || len(page.Hosts) == 0 {
 			return added, refused, nil
@@ -206,7 +206,7 @@ func (f *forwarder) forward(hostname string) {
 	select {
 	case f.queue <- hostname:
 	default:
-		f.m.r.metrics.set.GetOrCreateCounter(`relay_crawl_forwards_total{result="queue_full"}`).Inc()
+		f.m.metrics.crawlForwards.with("queue_full").Inc()
 	}
 }
 
@@ -223,7 +223,7 @@ func (f *forwarder) run() {
 					result = "failed"
 					f.m.logger.Info("requestCrawl forward failed", "sibling", s, "host", host, "err", err)
 				}
-				f.m.r.metrics.set.GetOrCreateCounter(`relay_crawl_forwards_total{result="` + result + `"}`).Inc()
+				f.m.metrics.crawlForwards.with(result).Inc()
 			}
 		}
 	}

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,7 +137,7 @@ func (h *hostConn) trusted() bool {
 	h.mu.Lock()
 	t := h.rec.Trusted
 	h.mu.Unlock()
-	return t || h.m.r.trusted.trusts(h.name)
+	return t || h.m.policy.trusted.trusts(h.name)
 }
 
 // limits are the host's event rate limits as its record says now.
@@ -196,33 +194,34 @@ func (h *hostConn) info() HostInfo {
 		Host: rec, Connected: h.connected.Load(), Inflight: h.tracker.inflight(), Received: h.received.Load(), Drops: drops,
 		Limits: *h.rate.limits.Load(), Rate: h.rate.current(time.Now()),
 		ThrottledSeconds: time.Duration(h.rate.throttledNanos.Load()).Seconds(),
-		TrustedTier:      rec.Trusted || h.m.r.trusted.trusts(h.name),
-		StrictSync:       h.syncV11.Load() && !h.m.r.cfg.LenientSyncValidation,
+		TrustedTier:      rec.Trusted || h.m.policy.trusted.trusts(h.name),
+		StrictSync:       h.syncV11.Load() && !h.m.policy.lenientAll,
 	}
 }
 
 // HostManager owns the hosts: connecting, reconnecting, status, cursors.
 type HostManager struct {
-	r      *Relay
-	store  meta.Store
-	engine *loop.Engine
-	ing    *Ingester
-	logger *slog.Logger
-	client *http.Client
-	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	store   meta.Store
+	engine  *loop.Engine
+	ing     *Ingester
+	metrics *Metrics
+	logger  *slog.Logger
+	policy  hostPolicy
+	bans    *domainBans
+	// newHosts counts hosts requestCrawl added today (policy.newHostsPerDay).
+	newHosts newHostBudget
+	// recovered is where start-up recovery says each host resumes.
+	recovered map[uint64]hostResume
+	// sequencerErr reports a failed sequencer: hosts are not dialed then.
+	sequencerErr func() error
+	client       *http.Client
+	dialer       func(ctx context.Context, network, addr string) (net.Conn, error)
 	// tlsConfig, when set, is used for wss:// upstreams instead of the
 	// system roots (tests with a self-signed PDS; see setUpstreamTLS).
 	tlsConfig *tls.Config
 	// backoff is the wait before redial number failures+1; it is a field
 	// so that tests can make reconnection immediate.
 	backoff func(failures int) time.Duration
-	// probeBackoff is the wait before probe n of an offline host (a field
-	// for the same reason).
-	probeBackoff func(n int) time.Duration
-	// resyncHost schedules resyncs of a host's accounts (nil: none).
-	resyncHost func(hostID uint64)
-	// fwd forwards accepted requestCrawls to sibling relays.
-	fwd *forwarder
 
 	mu     sync.Mutex
 	hosts  map[uint64]*hostConn
@@ -230,19 +229,53 @@ type HostManager struct {
 
 	// checkpointSoon asks for a checkpoint now (a host's first events).
 	checkpointSoon func()
-	pausedMu       sync.Mutex
-	paused         map[*hostConn]pauseCause // paused hosts and what each waits for
-	lastIngest     atomic.Int64
-	closing        atomic.Bool
-	stop           chan struct{}
-	wg             sync.WaitGroup
+	// probeBackoff is the wait before probe n of an offline host (a field
+	// so tests can shorten it).
+	probeBackoff func(n int) time.Duration
+	// resyncHost schedules resyncs of a host's accounts (nil: none).
+	resyncHost func(hostID uint64)
+	// fwd forwards accepted requestCrawls to sibling relays.
+	fwd      *forwarder
+	pausedMu sync.Mutex
+	paused   map[*hostConn]pauseCause // paused hosts and what each waits for
+	closing  atomic.Bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
 }
 
-func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingester) *HostManager {
+// hostPolicy is the configuration the host manager applies.
+type hostPolicy struct {
+	allowInsecure       bool  // RELAY_ALLOW_INSECURE_HOSTS
+	newHostsPerDay      int   // requestCrawl additions a day (admin exempt)
+	defaultAccountLimit int64 // a new host's account limit
+	// trusted are RELAY_TRUSTED_DOMAINS: the trusted limits tier.
+	trusted trustedDomains
+	// lenientAll is RELAY_LENIENT_SYNC_VALIDATION.
+	lenientAll bool
+	// siblings get a copy of each accepted requestCrawl.
+	siblings []string
+}
+
+// hostDeps is everything the host manager touches.
+type hostDeps struct {
+	store  meta.Store   // host records
+	engine *loop.Engine // upstream sockets
+	ing    *Ingester    // where upstream events go
+	bans   *domainBans  // banned domains (the admin API keeps them)
+	// recovered is where start-up recovery says each host resumes.
+	recovered map[uint64]hostResume
+	// sequencerErr reports a failed sequencer.
+	sequencerErr func() error
+	metrics      *Metrics
+	logger       *slog.Logger
+	policy       hostPolicy
+}
+
+func newHostManager(d hostDeps) *HostManager {
 	m := &HostManager{
-		r: r, store: store, engine: engine, ing: ing,
-		logger: r.logger.With("component", "hosts"),
-		client: loop.NewHTTPClient(r.cfg.AllowInsecureHosts, 20*time.Second),
+		store: d.store, engine: d.engine, ing: d.ing, metrics: d.metrics, logger: d.logger,
+		policy: d.policy, bans: d.bans, recovered: d.recovered, sequencerErr: d.sequencerErr,
+		client: loop.NewHTTPClient(d.policy.allowInsecure, 20*time.Second),
 		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
 		paused:         map[*hostConn]pauseCause{},
 		stop:           make(chan struct{}),
@@ -250,13 +283,12 @@ func newHostManager(r *Relay, store meta.Store, engine *loop.Engine, ing *Ingest
 		probeBackoff:   offlineProbe,
 		checkpointSoon: func() {},
 	}
-	if !r.cfg.AllowInsecureHosts {
+	if !d.policy.allowInsecure {
 		m.dialer = loop.SafeDialContext(&net.Dialer{Timeout: dialTimeout})
 	}
-	r.metrics.Gauge("relay_hosts_connected", func() float64 { return float64(m.connectedCount()) })
+	d.metrics.Gauge("relay_hosts_connected", func() float64 { return float64(m.connectedCount()) })
 	for _, s := range []meta.HostStatus{meta.HostActive, meta.HostIdle, meta.HostOffline, meta.HostThrottled, meta.HostBanned, meta.HostBlocked} {
-		s := s
-		r.metrics.Gauge(fmt.Sprintf(`relay_hosts{status=%q}`, s), func() float64 { return float64(m.countStatus(s)) })
+		d.metrics.Gauge(fmt.Sprintf(`relay_hosts{status=%q}`, s), func() float64 { return float64(m.countStatus(s)) })
 	}
 	return m
 }
@@ -308,7 +340,7 @@ func (m *HostManager) start(ctx context.Context) error {
 			m.retryLater(h, m.probeBackoff(max(rec.Failures-maxHostFailures+1, 1)))
 		}
 	}
-	m.fwd = newForwarder(m, splitList(m.r.cfg.SiblingRelays))
+	m.fwd = newForwarder(m, m.policy.siblings)
 	m.wg.Add(2)
 	go m.resumeLoop()
 	go func() {
@@ -320,14 +352,14 @@ func (m *HostManager) start(ctx context.Context) error {
 
 func (m *HostManager) track(rec *meta.Host) *hostConn {
 	h := &hostConn{m: m, id: rec.ID, name: rec.Hostname, noSSL: rec.NoSSL, rec: *rec, drops: map[string]int64{}}
-	trusted := rec.Trusted || m.r.trusted.trusts(rec.Hostname)
+	trusted := rec.Trusted || m.policy.trusted.trusts(rec.Hostname)
 	h.rate = newHostRate(limitsFor(rec.AccountLimit, trusted))
 	h.ident.Store(identityLimiter(rec.AccountLimit, trusted))
 	h.tracker.reset(rec.Cursor)
-	if rs := m.r.recovered; rs != nil {
+	{
 		// Where recovery says the host resumes: never live once an event
 		// of the host is durable, and never accepting one twice.
-		if p, ok := rs.hosts[rec.ID]; ok && (p.known || p.cursor > 0 || len(p.done) > 0) {
+		if p, ok := m.recovered[rec.ID]; ok && (p.known || p.cursor > 0 || len(p.done) > 0) {
 			h.tracker.resume(max(p.cursor, rec.Cursor), p.done)
 			h.subscribed.Store(true)
 		}
@@ -337,19 +369,6 @@ func (m *HostManager) track(rec *meta.Host) *hostConn {
 	m.byName[h.name] = h
 	m.mu.Unlock()
 	return h
-}
-
-func (m *HostManager) connectStaggered(hosts []*hostConn) {
-	tick := time.NewTicker(time.Second / startConnectsPerSecond)
-	defer tick.Stop()
-	for _, h := range hosts {
-		select {
-		case <-m.stop:
-			return
-		case <-tick.C:
-			m.connect(h)
-		}
-	}
 }
 
 // byHostname returns a tracked host.
@@ -363,148 +382,6 @@ func (m *HostManager) byID(id uint64) *hostConn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.hosts[id]
-}
-
-// connect dials h in a short-lived goroutine unless it is already
-// connected, dialing, or not allowed to connect.
-func (m *HostManager) connect(h *hostConn) {
-	if m.closing.Load() {
-		return
-	}
-	if m.r.seq.Err() != nil {
-		// Nothing can be made durable: do not take events from the host.
-		m.retryLater(h, reconnectMax)
-		return
-	}
-	h.mu.Lock()
-	if h.dialing || h.connected.Load() || h.rec.Status == meta.HostBlocked || h.rec.Status == meta.HostBanned {
-		h.mu.Unlock()
-		return
-	}
-	h.dialing = true
-	if h.timer != nil {
-		h.timer.Stop()
-		h.timer = nil
-	}
-	h.mu.Unlock()
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.dial(h)
-	}()
-}
-
-func (m *HostManager) dial(h *hostConn) {
-	scheme := "wss"
-	if h.noSSL {
-		scheme = "ws"
-	}
-	url := scheme + "://" + h.name + "/xrpc/com.atproto.sync.subscribeRepos"
-	// A first subscription without a known cursor starts live. Once the
-	// host has been subscribed, a reconnection always names a cursor, even
-	// 0 (nothing received yet): events the host emitted between the two
-	// connections are replayed instead of lost.
-	if c := h.tracker.lastSeq(); c > 0 || h.subscribed.Load() {
-		url += "?cursor=" + strconv.FormatInt(c, 10)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
-	defer cancel()
-	h.ready.Store(false)
-	hdr := http.Header{}
-	hdr.Set("User-Agent", userAgent)
-	res, err := m.engine.Dial(ctx, url, loop.DialOptions{Timeout: dialTimeout, TLSConfig: m.tlsConfig, Header: hdr, NetDial: m.dialer}, m, h)
-	if err != nil {
-		h.mu.Lock()
-		h.dialing = false // on success OnOpen cleared it
-		h.mu.Unlock()
-		m.dialFailed(h, err)
-		return
-	}
-	if strings.Contains(strings.ToLower(res.ResponseHeader.Get("Server")), relayLoopGuard) {
-		m.logger.Warn("host is a relay; banning to avoid a loop", "host", h.name)
-		m.setStatus(h, meta.HostBanned)
-		_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostIsRelay) })
-		return
-	}
-	// The connection may already be closed (the host sent an error frame
-	// and hung up, or an admin blocked it): OnClose then decided the
-	// host's status, and it must not be undone here. The check and the
-	// change are one step under h.mu, which OnClose also takes.
-	h.mu.Lock()
-	live := h.conn.Load() == res.Conn
-	status := h.rec.Status
-	if !live || status == meta.HostBlocked || status == meta.HostBanned {
-		h.mu.Unlock()
-		if live {
-			_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostBlocked) })
-		}
-		return
-	}
-	h.rec.Failures = 0
-	reactivated := status != meta.HostActive && status != meta.HostThrottled
-	if reactivated {
-		h.rec.Status = meta.HostActive
-	}
-	h.subscribed.Store(true)
-	h.ready.Store(true)
-	h.mu.Unlock()
-	if reactivated {
-		m.writeHost(h)
-	}
-	res.Conn.Resume()
-	m.logger.Info("host connected", "host", h.name, "cursor", h.tracker.lastSeq())
-}
-
-func (m *HostManager) dialFailed(h *hostConn, err error) {
-	h.noteError(err)
-	h.mu.Lock()
-	h.rec.Failures++
-	failures := h.rec.Failures
-	h.mu.Unlock()
-	m.r.metrics.Counter("relay_host_dial_failures_total").Inc()
-	if failures >= maxHostFailures {
-		// Offline, not forgotten: probed again with a slow backoff, and a
-		// requestCrawl from it brings it back at once.
-		probe := failures - maxHostFailures + 1
-		wait := m.probeBackoff(probe)
-		m.logger.Warn("host offline after repeated failures; probing later", "host", h.name, "failures", failures, "err", err, "probe_in", wait.Round(time.Second))
-		m.setStatus(h, meta.HostOffline)
-		m.retryLater(h, wait)
-		return
-	}
-	m.logger.Info("host dial failed", "host", h.name, "failures", failures, "err", err)
-	m.retryLater(h, m.backoff(failures))
-}
-
-// setUpstreamTLS makes wss:// dials and https:// describeServer probes
-// trust cfg (e.g. a private CA) instead of the system roots. It must be
-// called before Relay.Start; tests use it for self-signed PDS hosts.
-func (m *HostManager) setUpstreamTLS(cfg *tls.Config) {
-	m.tlsConfig = cfg
-	if tr, ok := m.client.Transport.(*http.Transport); ok {
-		tr.TLSClientConfig = cfg.Clone()
-	}
-}
-
-// backoff is exponential with jitter in [d/2, d].
-func backoff(failures int) time.Duration {
-	d := reconnectBase << min(failures, 16)
-	if d > reconnectMax || d <= 0 {
-		d = reconnectMax
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func (m *HostManager) retryLater(h *hostConn, d time.Duration) {
-	if m.closing.Load() {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.timer != nil {
-		h.timer.Stop()
-	}
-	h.timer = time.AfterFunc(d, func() { m.connect(h) })
 }
 
 // setStatus changes a host's status and persists it.
@@ -529,142 +406,6 @@ func (m *HostManager) writeHost(h *hostConn) {
 	defer cancel()
 	if err := m.store.UpdateHost(ctx, &rec); err != nil {
 		m.logger.Error("host update failed", "host", h.name, "status", rec.Status, "err", err)
-	}
-}
-
-// OnOpen is the loop.Handler hook for upstream connections. It ends the
-// dial: from here on OnClose schedules any redial, so a redial timer that
-// fires while dial finishes its checks is not refused as "dialing".
-func (m *HostManager) OnOpen(c *loop.Conn) {
-	h := c.Context().(*hostConn)
-	h.mu.Lock()
-	h.dialing = false
-	h.conn.Store(c)
-	h.connected.Store(true)
-	h.mu.Unlock()
-}
-
-// OnClose schedules a reconnect, unless the host must not be redialed.
-func (m *HostManager) OnClose(c *loop.Conn, err error) {
-	h, ok := c.Context().(*hostConn)
-	if !ok {
-		return
-	}
-	h.noteError(err)
-	h.mu.Lock()
-	if !h.conn.CompareAndSwap(c, nil) {
-		// A newer connection of this host owns its state.
-		h.mu.Unlock()
-		return
-	}
-	h.connected.Store(false)
-	h.ready.Store(false)
-	h.held = nil // its dispatch was undone; the host resends it
-	h.mu.Unlock()
-	m.unmarkPaused(h)
-	h.mu.Lock()
-	status := h.rec.Status
-	stay := status == meta.HostBlocked || status == meta.HostBanned || status == meta.HostOffline ||
-		errors.Is(err, ErrHostIsRelay) || errors.Is(err, ErrHostBlocked)
-	idle := !stay && errors.Is(err, ErrUpstreamFuture)
-	if idle {
-		h.rec.Status = meta.HostIdle
-	}
-	h.mu.Unlock()
-	if m.closing.Load() || stay {
-		return
-	}
-	if idle {
-		// Check the host off the event loop (describeServer, store writes).
-		m.wg.Add(1)
-		go m.onFutureCursor(h)
-		return
-	}
-	if errors.Is(err, ErrUpstreamOutdated) {
-		m.onOutdatedCursor(h)
-		return
-	}
-	m.logger.Info("host disconnected; reconnecting", "host", h.name, "err", err)
-	m.retryLater(h, m.backoff(0))
-}
-
-// pauseCause is what a paused host waits for: room in a worker, the
-// dialer's checks (neither set), or its event rate limits.
-type pauseCause struct {
-	p    *partition
-	rate bool
-}
-
-// markPaused records h as paused, waiting for room in p (nil: waiting for
-// the dialer's checks). It refuses when maxPausedHosts are already paused.
-func (m *HostManager) markPaused(h *hostConn, p *partition) bool {
-	return m.markPausedFor(h, pauseCause{p: p})
-}
-
-func (m *HostManager) markPausedFor(h *hostConn, c pauseCause) bool {
-	m.pausedMu.Lock()
-	defer m.pausedMu.Unlock()
-	if _, ok := m.paused[h]; !ok && len(m.paused) >= maxPausedHosts {
-		return false
-	}
-	m.paused[h] = c
-	h.paused.Store(true)
-	return true
-}
-
-func (m *HostManager) unmarkPaused(h *hostConn) {
-	m.pausedMu.Lock()
-	delete(m.paused, h)
-	m.pausedMu.Unlock()
-	h.paused.Store(false)
-	if h.rate != nil {
-		m.throttled(h, h.rate.release(time.Now()))
-	}
-}
-
-// resumeLoop resumes paused hosts once what stopped them has room: the
-// worker that refused the held event has drained to half, and the host's
-// in-flight budget is not full. Resuming earlier would make the loop
-// re-read a large buffered backlog only to pause again.
-func (m *HostManager) resumeLoop() {
-	defer m.wg.Done()
-	t := time.NewTicker(resumeInterval)
-	defer t.Stop()
-	var ready []*hostConn
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-t.C:
-			ready = ready[:0]
-			now := time.Now()
-			m.pausedMu.Lock()
-			for h, c := range m.paused {
-				if h.tracker.full() {
-					continue
-				}
-				if c.rate {
-					if !h.rate.ready(now) {
-						continue
-					}
-					m.throttled(h, h.rate.release(now))
-				} else if c.p == nil && !h.ready.Load() {
-					continue
-				}
-				if c.p != nil && len(c.p.in) > partitionQueue/2 {
-					continue
-				}
-				delete(m.paused, h)
-				h.paused.Store(false)
-				ready = append(ready, h)
-			}
-			m.pausedMu.Unlock()
-			for _, h := range ready {
-				if c := h.conn.Load(); c != nil {
-					c.Resume()
-				}
-			}
-		}
 	}
 }
 
@@ -722,4 +463,29 @@ func (m *HostManager) Hosts() []HostInfo {
 		out = append(out, h.info())
 	}
 	return out
+}
+
+// allHosts is a snapshot of the tracked hosts.
+func (m *HostManager) allHosts() []*hostConn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*hostConn, 0, len(m.hosts))
+	for _, h := range m.hosts {
+		out = append(out, h)
+	}
+	return out
+}
+
+// persistHost applies change to the host's record and writes it, returning
+// the store's error (setStatus only logs it; an admin must see it).
+func (m *HostManager) persistHost(ctx context.Context, h *hostConn, change func(rec *meta.Host)) (meta.Host, error) {
+	h.mu.Lock()
+	change(&h.rec)
+	rec := h.rec
+	h.mu.Unlock()
+	rec.Cursor = h.tracker.cursor()
+	if err := m.store.UpdateHost(ctx, &rec); err != nil {
+		return rec, fmt.Errorf("persist host %s: %w", h.name, err)
+	}
+	return rec, nil
 }

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	cbg "github.com/whyrusleeping/cbor-gen"
 
 	"github.com/relay/relay/persist/meta"
@@ -22,7 +24,8 @@ const (
 	// full, the event loop pauses the host that sent the event.
 	partitionQueue = 1024
 	// accountCacheSize and identityCacheSize bound each partition's caches;
-	// when full an arbitrary entry is evicted (it is reloaded on demand).
+	// when full the least recently used entry is evicted (it is reloaded on
+	// demand), except an account with events in flight.
 	accountCacheSize  = 1 << 18
 	identityCacheSize = 1 << 18
 	// storeTimeout bounds one store call of a validation worker. A store
@@ -92,14 +95,20 @@ type accountState struct {
 // one account's events are processed in order by one worker, which owns
 // that account's cached state without locks.
 type Ingester struct {
-	r          *Relay
-	store      meta.Store
-	derived    *derivedState
-	resolver   *Resolver
-	v          validator
+	store    meta.Store
+	derived  *derivedState
+	resolver *Resolver
+	submit   func(context.Context, Outgoing) error
+	hostByID func(id uint64) *hostConn
+	metrics  *Metrics
+	v        validator
+
 	partitions []*partition
 	seed       maphash.Seed
 	logger     *slog.Logger
+	// lastIngest is when an event last became durable (unix nanos; 0:
+	// never), for the readiness probe's stall check.
+	lastIngest atomic.Int64
 
 	stop chan struct{} // stops the workers
 	wg   sync.WaitGroup
@@ -113,8 +122,11 @@ type partition struct {
 	in       chan *ingestItem
 	resolved chan *identInfo
 
-	idents   map[string]*identInfo
-	accounts map[string]*accountState
+	// idents evicts by itself (golang-lru); accounts is unbounded for the
+	// LRU and bounded by cacheAccount, which may refuse to evict an
+	// account with events in flight (an eviction callback cannot refuse).
+	idents   *simplelru.LRU[string, *identInfo]
+	accounts *simplelru.LRU[string, *accountState]
 	// pending holds events of DIDs whose identity is being resolved (or
 	// that are stalled), in arrival order; unsent lists DIDs the resolver
 	// queue refused; stalled lists DIDs whose first pending event hit a
@@ -128,14 +140,30 @@ type partition struct {
 	stalled map[string]bool
 }
 
-func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Resolver, workers int) *Ingester {
-	if workers < 1 {
-		workers = 1
-	}
+// ingestDeps is everything the ingester touches.
+type ingestDeps struct {
+	store    meta.Store    // accounts and repo heads
+	derived  *derivedState // durable changes not yet checkpointed
+	resolver *Resolver     // identities
+	// submit hands an accepted event to the sequencer.
+	submit func(context.Context, Outgoing) error
+	// hostByID is a host's live record (a migration moves one account
+	// count off the old host).
+	hostByID func(id uint64) *hostConn
+	metrics  *Metrics
+	logger   *slog.Logger
+	// lenient and enforceInversion are the validation policy.
+	lenient, enforceInversion bool
+	workers                   int
+}
+
+func newIngester(d ingestDeps) *Ingester {
+	workers := max(d.workers, 1)
 	ing := &Ingester{
-		r: r, store: store, derived: derived, resolver: resolver, seed: maphash.MakeSeed(),
-		logger: r.logger.With("component", "ingest"),
-		v:      validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
+		store: d.store, derived: d.derived, resolver: d.resolver, submit: d.submit, hostByID: d.hostByID,
+		metrics: d.metrics, seed: maphash.MakeSeed(),
+		logger: d.logger,
+		v:      validator{lenient: d.lenient, enforceInversion: d.enforceInversion, now: time.Now},
 		stop:   make(chan struct{}),
 
 		storeTimeout: storeTimeout,
@@ -144,7 +172,7 @@ func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Re
 		p := &partition{
 			ing: ing, in: make(chan *ingestItem, partitionQueue),
 			resolved: make(chan *identInfo, partitionQueue),
-			idents:   map[string]*identInfo{}, accounts: map[string]*accountState{},
+			idents:   newIdentCache(), accounts: newAccountCache(),
 			pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
 		}
 		ing.partitions = append(ing.partitions, p)
@@ -152,6 +180,21 @@ func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Re
 		go p.run()
 	}
 	return ing
+}
+
+// newIdentCache is a partition's identity cache: identityCacheSize
+// entries, least recently used evicted.
+func newIdentCache() *simplelru.LRU[string, *identInfo] {
+	c, _ := simplelru.NewLRU[string, *identInfo](identityCacheSize, nil) // errs only for size <= 0
+	return c
+}
+
+// newAccountCache is a partition's account cache, in LRU order; its bound
+// (accountCacheSize) is kept by cacheAccount, which never evicts an
+// account with events in flight.
+func newAccountCache() *simplelru.LRU[string, *accountState] {
+	c, _ := simplelru.NewLRU[string, *accountState](math.MaxInt, nil)
+	return c
 }
 
 // partitionOf returns the worker that owns did.
@@ -239,7 +282,7 @@ func (p *partition) drainOnStop() {
 			if _, waiting := p.pending[it.did]; waiting {
 				continue
 			}
-			if info := p.idents[it.did]; info != nil && !info.stale(time.Now()) {
+			if info, _ := p.idents.Get(it.did); info != nil && !info.stale(time.Now()) {
 				p.process(it, info)
 			}
 		default:
@@ -257,7 +300,7 @@ func (p *partition) handle(it *ingestItem) {
 		p.pending[it.did] = append(q, it)
 		return
 	}
-	info := p.idents[it.did]
+	info, _ := p.idents.Get(it.did)
 	if it.identity != nil || info == nil || info.stale(time.Now()) {
 		// An #identity event always refreshes the identity first.
 		if it.identity != nil {
@@ -272,7 +315,7 @@ func (p *partition) handle(it *ingestItem) {
 // waitFor holds it until its DID is (re)resolved. One resolution per
 // pending queue: a DID already waiting is not asked for again.
 func (p *partition) waitFor(it *ingestItem) {
-	delete(p.idents, it.did)
+	p.idents.Remove(it.did)
 	q, waiting := p.pending[it.did]
 	p.pending[it.did] = append(q, it)
 	if !waiting {
@@ -286,7 +329,7 @@ func (p *partition) requestResolve(did string) {
 		// (they fill its in-flight budget, which pauses its socket) and
 		// the lookup is retried on the sweep. One host cannot make the
 		// relay hammer the PLC directory.
-		p.ing.r.metrics.identityBudgetWaits.Inc()
+		p.ing.metrics.identityBudgetWaits.Inc()
 		p.unsent[did] = true
 		return
 	}
@@ -309,13 +352,7 @@ func (p *partition) retryUnsent() {
 }
 
 func (p *partition) onResolved(info *identInfo) {
-	if _, cached := p.idents[info.did]; !cached && len(p.idents) >= identityCacheSize {
-		for k := range p.idents {
-			delete(p.idents, k)
-			break
-		}
-	}
-	p.idents[info.did] = info
+	p.idents.Add(info.did, info)
 	p.release(info.did)
 }
 
@@ -330,7 +367,8 @@ func (p *partition) release(did string) {
 			p.pending[did] = append(p.pending[did], q[i:]...)
 			return
 		}
-		p.process(it, p.idents[did])
+		info, _ := p.idents.Get(did)
+		p.process(it, info)
 	}
 }
 
@@ -340,7 +378,7 @@ func (p *partition) release(did string) {
 // fills and its socket is paused.
 func (p *partition) stall(it *ingestItem, what string, err error) {
 	p.ing.logger.Error("store error; event held for retry", "op", what, "did", it.did, "host", it.host.name, "err", err)
-	p.ing.r.metrics.storeRetries.Inc()
+	p.ing.metrics.storeRetries.Inc()
 	p.pending[it.did] = append([]*ingestItem{it}, p.pending[it.did]...)
 	p.stalled[it.did] = true
 }
@@ -349,7 +387,7 @@ func (p *partition) stall(it *ingestItem, what string, err error) {
 func (p *partition) retryStalled() {
 	for did := range p.stalled {
 		delete(p.stalled, did)
-		if info := p.idents[did]; info != nil {
+		if info, _ := p.idents.Peek(did); info != nil {
 			p.release(did)
 		} else {
 			p.requestResolve(did) // evicted meanwhile: resolve, then release
@@ -359,7 +397,7 @@ func (p *partition) retryStalled() {
 
 // drop counts a rejected event and releases its upstream seq.
 func (p *partition) drop(it *ingestItem, reason string, err error) {
-	p.ing.r.metrics.Dropped(reason).Inc()
+	p.ing.metrics.Dropped(reason).Inc()
 	it.host.countDrop(reason)
 	it.host.done(it.useq)
 	p.ing.logger.Debug("event dropped", "host", it.host.name, "did", it.did, "type", it.typ(), "reason", reason, "err", err)
@@ -374,7 +412,7 @@ func (p *partition) storeCtx() (context.Context, context.CancelFunc) {
 // through the derived-state overlay (durable changes not yet
 // checkpointed).
 func (p *partition) loadAccount(did string) (*accountState, error) {
-	if st, ok := p.accounts[did]; ok {
+	if st, ok := p.accounts.Get(did); ok {
 		return st, nil
 	}
 	ctx, cancel := p.storeCtx()
@@ -404,27 +442,26 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 const cacheEvictTries = 16
 
 func (p *partition) cacheAccount(st *accountState) {
-	if len(p.accounts) >= accountCacheSize {
-		tries := 0
-		for k, old := range p.accounts {
+	if p.accounts.Len() >= accountCacheSize {
+		for range cacheEvictTries {
+			k, old, _ := p.accounts.GetOldest()
 			if old.inflight.Load() == 0 {
-				delete(p.accounts, k)
+				p.accounts.Remove(k)
 				break
 			}
-			if tries++; tries >= cacheEvictTries {
-				break // every candidate busy: grow by one, evict next time
-			}
+			p.accounts.Get(k) // busy: make it the newest, look at the next
 		}
+		// Every candidate busy: grow by one, evict next time.
 	}
-	p.accounts[st.acct.DID] = st
+	p.accounts.Add(st.acct.DID, st)
 }
 
 // process validates one event whose identity is resolved, and submits it
 // to the sequencer or drops it.
 func (p *partition) process(it *ingestItem, info *identInfo) {
 	start := time.Now()
-	defer p.ing.r.metrics.validateSeconds.UpdateDuration(start)
-	r := p.ing.r
+	mt := p.ing.metrics
+	defer mt.validateSeconds.UpdateDuration(start)
 	if info.err != nil {
 		p.drop(it, "identity_error", info.err)
 		return
@@ -438,9 +475,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	switch {
 	case st == nil:
 		if !authoritative {
-			if !it.reresolved {
-				it.reresolved = true
-				p.waitFor(it)
+			if p.reresolveOnce(it) {
 				return
 			}
 			p.drop(it, "wrong_host", errWrongHost(info, it))
@@ -454,9 +489,7 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 	case st.acct.HostID != it.host.id:
 		// Known account, other host: migration if the (fresh) document says
 		// this host is now its PDS.
-		if !it.reresolved {
-			it.reresolved = true
-			p.waitFor(it)
+		if p.reresolveOnce(it) {
 			return
 		}
 		if !authoritative {
@@ -475,17 +508,15 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		p.ing.logger.Info("account moved", "did", it.did, "from", st.acct.HostID, "to", it.host.id)
 		// The store moved one account count; mirror it in the hosts' live
 		// records, which the account limit is checked against.
-		if from := r.hosts.byID(st.acct.HostID); from != nil {
+		if from := p.ing.hostByID(st.acct.HostID); from != nil {
 			from.accountRemoved()
 		}
 		it.host.accountCreated()
 		st.acct = moved
-		r.metrics.Counter("relay_account_migrations_total").Inc()
+		mt.accountMigrations.Inc()
 	case !authoritative:
 		// The document no longer names this host: refresh once, then drop.
-		if !it.reresolved {
-			it.reresolved = true
-			p.waitFor(it)
+		if p.reresolveOnce(it) {
 			return
 		}
 		p.drop(it, "wrong_host", errWrongHost(info, it))
@@ -511,11 +542,11 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 			p.ing.logger.Info("host sends sync 1.1 commits; validating it strictly from now on", "host", it.host.name)
 		}
 		if res.inversionErr != nil {
-			r.metrics.Counter("relay_inversion_failures_total").Inc()
+			mt.inversionFailures.Inc()
 			it.host.countDrop("inversion_failed_accepted")
 		}
 		if res.prevDataMismatch {
-			r.metrics.Counter("relay_prevdata_mismatch_total").Inc()
+			mt.prevDataMismatch.Inc()
 		}
 		p.accept(it, st, KindCommit, it.commit, res, nil)
 	case it.sync != nil:
@@ -570,9 +601,7 @@ func (p *partition) verifyRepoEvent(it *ingestItem, st *accountState, verify fun
 	}
 	res, err := verify()
 	if err != nil {
-		if dropReason(err) == "bad_signature" && !it.reresolved {
-			it.reresolved = true
-			p.waitFor(it)
+		if dropReason(err) == "bad_signature" && p.reresolveOnce(it) {
 			return nil, false
 		}
 		p.drop(it, dropReason(err), err)
@@ -581,18 +610,23 @@ func (p *partition) verifyRepoEvent(it *ingestItem, st *accountState, verify fun
 	return res, true
 }
 
-// accountFrame is the #account the relay emits: its combined local and
-// upstream status.
-func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
-	out := &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive()}
-	if !out.Active {
-		s := string(a.Status)
-		if a.Status == meta.AccountActive || a.Status == "" {
-			s = string(a.UpstreamStatus)
-		}
-		out.Status = &s
+// reresolveOnce holds it for a fresh resolution of its identity, unless
+// it had one already: true means it waits (the caller stops), false that
+// the caller decides on the identity it has ("re-resolve once, else
+// drop").
+func (p *partition) reresolveOnce(it *ingestItem) bool {
+	if it.reresolved {
+		return false
 	}
-	return out
+	it.reresolved = true
+	p.waitFor(it)
+	return true
+}
+
+// accountFrame is the #account the relay emits: its combined local and
+// upstream status (AccountStatus, as the API reports it).
+func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
+	return &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive(), Status: StatusField(a)}
 }
 
 // accept moves the account's head and hands the event to the sequencer,
@@ -606,8 +640,8 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 		repo = &meta.RepoState{UID: st.acct.UID, Rev: res.rev, CommitCID: res.commitCID, DataCID: res.dataCID}
 	}
 	host, useq := it.host, it.useq
-	lastIngest := &p.ing.r.hosts.lastIngest
-	recv, durableSeconds := it.recv, p.ing.r.metrics.durableSeconds
+	lastIngest := &p.ing.lastIngest
+	recv, durableSeconds := it.recv, p.ing.metrics.durableSeconds
 	st.inflight.Add(1)
 	ev := Outgoing{
 		Kind: kind, UID: st.acct.UID, Body: body,
@@ -628,12 +662,12 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 			}
 		},
 	}
-	if err := p.ing.r.seq.Submit(context.Background(), ev); err != nil {
+	if err := p.ing.submit(context.Background(), ev); err != nil {
 		// Not durable, so the host's cursor must not pass it: the host
 		// rewinds and resumes from its cursor (after a restart if the
 		// sequencer failed).
 		st.inflight.Add(-1)
-		p.ing.r.metrics.notSequenced.Inc()
+		p.ing.metrics.notSequenced.Inc()
 		p.ing.logger.Warn("event not sequenced", "did", it.did, "host", host.name, "err", err)
 		host.abandon(err)
 	}

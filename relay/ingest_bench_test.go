@@ -123,7 +123,7 @@ func benchmarkProcessCommit(b *testing.B) {
 	// A partition of the benchmark's own: process runs on this goroutine
 	// and owns the partition's maps, as a worker would.
 	p := &partition{
-		ing: r.ing, idents: map[string]*identInfo{}, accounts: map[string]*accountState{},
+		ing: r.ing, idents: newIdentCache(), accounts: newAccountCache(),
 		pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
 	}
 	for _, a := range accts {
@@ -278,7 +278,7 @@ func BenchmarkIdleUpstreamHosts(b *testing.B) {
 				}
 			}
 			b.ResetTimer()
-			if err := r.Start(); err != nil {
+			if err := r.Start(testHandlers(r)); err != nil {
 				b.Fatal(err)
 			}
 			deadline := time.Now().Add(time.Duration(n)*time.Second/startConnectsPerSecond + time.Minute)

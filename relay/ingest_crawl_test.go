@@ -313,7 +313,7 @@ func TestHostOfflineAfterFailedDials(t *testing.T) {
 	h := n.r.hosts.byHostname(p.Host())
 	p.Close() // the port is closed: every redial is refused
 	waitUntil(t, 10*time.Second, "host offline", func() bool { return h.status() == meta.HostOffline })
-	failures := n.r.metrics.Counter("relay_host_dial_failures_total")
+	failures := n.r.metrics.hostDialFailures
 	time.Sleep(100 * time.Millisecond) // twenty redial periods: none must happen
 	if got := failures.Get(); got != maxHostFailures {
 		t.Errorf("%d failed dials, want exactly %d", got, maxHostFailures)

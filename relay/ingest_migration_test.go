@@ -71,7 +71,7 @@ func TestIngestAccountMigration(t *testing.T) {
 			t.Errorf("live host %s counts %d accounts, want %d", hc.name, live, hc.want)
 		}
 	}
-	if got := n.r.metrics.Counter("relay_account_migrations_total").Get(); got != 1 {
+	if got := n.r.metrics.accountMigrations.Get(); got != 1 {
 		t.Errorf("relay_account_migrations_total = %d, want 1", got)
 	}
 

@@ -85,7 +85,7 @@ func TestIngestStoreErrorsAreRetried(t *testing.T) {
 		}
 	}
 	expectNoEvent(t, c, 300*time.Millisecond)
-	if got := n.r.metrics.Counter("relay_ingest_store_retries_total").Get(); got != 3 {
+	if got := n.r.metrics.storeRetries.Get(); got != 3 {
 		t.Errorf("relay_ingest_store_retries_total = %d, want 3 (two lookups, one creation)", got)
 	}
 	h := hostRecord(t, n.r, p.Host())

@@ -26,7 +26,7 @@ func startRelayHooked(t testing.TB, cfg Config, hook func(*Relay)) *Relay {
 	if hook != nil {
 		hook(r)
 	}
-	if err := r.Start(); err != nil {
+	if err := r.Start(testHandlers(r)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

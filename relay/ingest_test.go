@@ -35,7 +35,7 @@ func (n *testNet) dump(t *testing.T) {
 	for i, p := range n.r.ing.partitions {
 		t.Logf("partition %d: queue %d pending DIDs %d unsent %d", i, len(p.in), len(p.pending), len(p.unsent))
 	}
-	st := n.r.stats()
+	st := n.r.Stats()
 	t.Logf("head %d, consumers %d, sequencer queue %d", st.HeadSeq, st.Consumers, st.SequencerQueue)
 	var b strings.Builder
 	n.r.metrics.WritePrometheus(&b)

@@ -50,7 +50,7 @@ func offlineProbe(n int) time.Duration {
 func (m *HostManager) resetToLive(h *hostConn, reason string) {
 	h.tracker.reset(0)
 	h.subscribed.Store(false)
-	m.r.metrics.set.GetOrCreateCounter(`relay_host_cursor_resets_total{reason="` + reason + `"}`).Inc()
+	m.metrics.cursorResets.with(reason).Inc()
 	m.checkpointSoon()
 }
 
@@ -118,7 +118,7 @@ func (r *Relay) resyncHostAccounts(hostID uint64) {
 	}
 	after, queued := uint64(0), 0
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), apiStoreTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), hostWriteTimeout)
 		page, err := r.store.ListAccounts(ctx, after, 1000)
 		cancel()
 		if err != nil {

@@ -187,6 +187,6 @@ func (t trustedDomains) trusts(hostname string) bool {
 // throttled counts d of time h spent held at its rate limits.
 func (m *HostManager) throttled(h *hostConn, d time.Duration) {
 	if d > 0 {
-		m.r.metrics.set.GetOrCreateFloatCounter(`relay_host_throttled_seconds_total{host="` + h.name + `"}`).Add(d.Seconds())
+		m.metrics.set.GetOrCreateFloatCounter(`relay_host_throttled_seconds_total{host="` + h.name + `"}`).Add(d.Seconds())
 	}
 }

@@ -57,10 +57,6 @@ type Relay struct {
 	ing      *Ingester
 	hosts    *HostManager
 	bans     domainBans
-	trusted  trustedDomains
-	newHosts newHostBudget
-
-	recovered *recovered // what start-up recovery found (host resume points)
 
 	ln, mln    net.Listener
 	httpSrv    *http.Server
@@ -81,15 +77,16 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	r := &Relay{cfg: cfg, logger: logger, metrics: NewMetrics(), stop: make(chan struct{}), trusted: parseTrustedDomains(cfg.TrustedDomains)}
+	r := &Relay{cfg: cfg, logger: logger, metrics: NewMetrics(), stop: make(chan struct{})}
 	var err error
 	r.log, err = eventlog.Open(eventlog.Options{
 		Dir:              filepath.Join(cfg.DataDir, "events"),
 		Retention:        cfg.Retention,
 		SegmentMaxEvents: cfg.SegmentEvents,
 		MaxBytes:         cfg.MaxEventsBytes,
-		Logger:           logger.With("component", "eventlog"),
+		Logger:           logger, // the log adds its component key
 		CheckPayload:     checkLoggedFrame,
+		Metrics:          r.metrics.set,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open event log: %w", err)
@@ -109,7 +106,6 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		r.log.Close()
 		return nil, fmt.Errorf("recover derived state from the event log: %w", err)
 	}
-	r.recovered = rec
 	r.derived = newDerivedState(rec.seq)
 	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
 	if err := r.openCollections(); err != nil {
@@ -117,7 +113,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		r.log.Close()
 		return nil, err
 	}
-	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger.With("component", "loop")})
+	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger})
 	if err != nil {
 		_ = r.closeCollections()
 		r.store.Close()
@@ -133,11 +129,28 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		UserAgent:              userAgent,
 	}
 	r.resolver = NewResolver(dir, logger.With("component", "identity"))
-	r.ing = newIngester(r, r.store, r.derived, r.resolver, cfg.FrameWorkers)
-	r.hosts = newHostManager(r, r.store, r.engine, r.ing)
+	r.ing = newIngester(ingestDeps{
+		store: r.store, derived: r.derived, resolver: r.resolver, submit: r.seq.Submit,
+		// Late-bound: the host manager is built on the ingester.
+		hostByID: func(id uint64) *hostConn { return r.hosts.byID(id) },
+		metrics:  r.metrics, logger: logger.With("component", "ingest"),
+		lenient: cfg.LenientSyncValidation, enforceInversion: cfg.InversionEnforced, workers: cfg.FrameWorkers,
+	})
+	r.hosts = newHostManager(hostDeps{
+		store: r.store, engine: r.engine, ing: r.ing, bans: &r.bans,
+		recovered: rec.hosts, sequencerErr: r.seq.Err,
+		metrics: r.metrics, logger: logger.With("component", "hosts"),
+		policy: hostPolicy{
+			allowInsecure: cfg.AllowInsecureHosts, newHostsPerDay: cfg.NewHostsPerDay,
+			defaultAccountLimit: cfg.DefaultAccountLimit,
+			trusted:             parseTrustedDomains(cfg.TrustedDomains),
+			lenientAll:          cfg.LenientSyncValidation,
+			siblings:            splitList(cfg.SiblingRelays),
+		},
+	})
+	r.hosts.resyncHost = r.resyncHostAccounts
 	r.ckpt = newCheckpointer(r.store, r.derived, r.hosts, rec.seq, r.metrics, logger.With("component", "checkpoint"))
 	r.hosts.checkpointSoon = r.ckpt.soon
-	r.hosts.resyncHost = r.resyncHostAccounts
 	r.registerGauges()
 	r.wg.Add(1)
 	go r.retention()
@@ -154,16 +167,25 @@ func (r *Relay) registerGauges() {
 	r.metrics.Gauge("relay_derived_pending", func() float64 { return float64(r.derived.pending()) })
 }
 
-// Start opens the API and metrics listeners and serves them in the
-// background.
-func (r *Relay) Start() error {
+// Handlers are what the relay's two listeners serve (relay/httpapi builds
+// them over the relay's exported surface).
+type Handlers struct {
+	// API is served on RELAY_PORT: firehose, sync API, admin, stats.
+	API http.Handler
+	// Metrics is served on RELAY_METRICS_PORT: metrics, health, dashboard.
+	Metrics http.Handler
+}
+
+// Start opens the API and metrics listeners, serves h on them in the
+// background, and connects the hosts.
+func (r *Relay) Start(h Handlers) error {
 	var err error
 	r.ln, err = net.Listen("tcp", r.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", r.cfg.Listen, err)
 	}
 	r.httpSrv = &http.Server{
-		Handler: r.apiHandler(), MaxHeaderBytes: maxHeaderBytes,
+		Handler: h.API, MaxHeaderBytes: maxHeaderBytes,
 		// A slow client cannot hold a handler goroutine: headers in 10 s,
 		// the whole request in 30 s, an idle keep-alive for 2 minutes.
 		// Firehose sockets leave net/http at the upgrade.
@@ -177,7 +199,7 @@ func (r *Relay) Start() error {
 			r.ln.Close()
 			return fmt.Errorf("listen %s: %w", r.cfg.MetricsListen, err)
 		}
-		r.metricsSrv = &http.Server{Handler: r.metricsHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+		r.metricsSrv = &http.Server{Handler: h.Metrics, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 		r.serve(r.metricsSrv, r.mln)
 	}
 	r.logger.Info("relay listening", "api", r.ln.Addr().String(), "metrics", r.MetricsAddr())
@@ -348,7 +370,7 @@ func checkLoggedFrame(p []byte) error {
 	if err != nil {
 		return errors.Join(ErrBadLoggedFrame, err)
 	}
-	if op != 1 || len(body) == 0 || body[0]>>5 != 5 { // major type 5: map
+	if op != wsframe.OpMessage || len(body) == 0 || body[0]>>5 != 5 { // major type 5: map
 		return ErrBadLoggedFrame
 	}
 	switch t {

@@ -151,13 +151,6 @@ func (t *seqTracker) admit(seq int64, size int) (admission, int64) {
 	return admitted, prev
 }
 
-// dispatch records seq, a message of size bytes, as in flight.
-func (t *seqTracker) dispatch(seq int64, size int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.dispatchLocked(seq, size)
-}
-
 func (t *seqTracker) dispatchLocked(seq int64, size int) {
 	if t.head > 0 && t.head >= len(t.seqs)/2 {
 		n := copy(t.seqs, t.seqs[t.head:])
@@ -172,13 +165,6 @@ func (t *seqTracker) dispatchLocked(seq int64, size int) {
 	t.last = seq
 }
 
-// inflightBytes is the message bytes of events dispatched and not done.
-func (t *seqTracker) inflightBytes() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.bytes
-}
-
 // undispatch forgets the newest dispatch (the worker refused it).
 func (t *seqTracker) undispatch(seq, prevLast int64) {
 	t.mu.Lock()
@@ -188,15 +174,6 @@ func (t *seqTracker) undispatch(seq, prevLast int64) {
 		t.seqs, t.dones, t.sizes = t.seqs[:n-1], t.dones[:n-1], t.sizes[:n-1]
 	}
 	t.last = prevLast
-}
-
-// skip records a seq dropped before dispatch (bad frame): it is done.
-func (t *seqTracker) skip(seq int64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if seq > t.last {
-		t.last = seq
-	}
 }
 
 // done marks seq durable or dropped.

@@ -242,7 +242,7 @@ func TestIngestSyncRevRule(t *testing.T) {
 	if !bytes.Contains(prom.Bytes(), []byte(`relay_events_dropped_total{reason="sync_rev_conflict"} 1`)) {
 		t.Errorf("relay_events_dropped_total has no sync_rev_conflict line of 1:\n%s", grepLines(prom.String(), "relay_events_dropped_total"))
 	}
-	if got := m.Counter("relay_prevdata_mismatch_total").Get(); got != 0 {
+	if got := m.prevDataMismatch.Get(); got != 0 {
 		t.Errorf("prevData mismatches: %d, want 0 (the equal-rev #sync must not move the head)", got)
 	}
 	xc := xrpcClient(n.r)

@@ -73,7 +73,7 @@ func formatLive(l perf.Live, in, out float64) string {
 	if l.Total > 0 {
 		fmt.Fprintf(&b, " in %5.0f/s out %5.0f/s lag %5d", in, out, max(0, l.Emitted-l.Fleet.MinCommits))
 		lat := l.Second.Latency
-		fmt.Fprintf(&b, " p50 %s p99 %s", fmtLatency(lat.P50), fmtLatency(lat.P99))
+		fmt.Fprintf(&b, " p50 %s p99 %s", perf.FormatLatency(lat.P50), perf.FormatLatency(lat.P99))
 	}
 	fmt.Fprintf(&b, " | consumers %d", l.Fleet.Consumers-l.Fleet.Ended)
 	obs := l.Observed
@@ -96,16 +96,4 @@ func formatLive(l perf.Live, in, out float64) string {
 		fmt.Fprintf(&b, " GAPS %d DUPS %d FAULTS-DELIVERED %d", l.Fleet.Gaps, l.Fleet.Duplicates, l.Fleet.FaultsDelivered)
 	}
 	return b.String()
-}
-
-func fmtLatency(d time.Duration) string {
-	switch {
-	case d == 0:
-		return "-"
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
-	case d < 10*time.Second:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-	}
-	return fmt.Sprintf("%.1fs", d.Seconds())
 }

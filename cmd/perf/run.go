@@ -112,7 +112,7 @@ func runScenario(ctx context.Context, o *options, logger *slog.Logger, stderr io
 	} else {
 		ir, err = inproc.Start(ctx, inproc.Options{
 			PLCURL: n.PLC.URL(),
-			Logger: logger.With("component", "relay"),
+			Logger: logger.With("side", "relay"), // the relay's components add "component"
 			Configure: func(c *relay.Config) {
 				if o.workers > 0 {
 					c.FrameWorkers = o.workers

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/relay/relay/relay"
+	"github.com/relay/relay/relay/httpapi"
 )
 
 // shutdownTimeout bounds a graceful shutdown after SIGTERM or SIGINT.
@@ -35,7 +36,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "       relay admin <command>  (relay admin -h lists the commands)")
 		os.Exit(2)
 	}
-	cfg, level, err := parseConfig(os.Args[2:], os.Getenv)
+	cfg, level, err := serveConfig(os.Args[2:], os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		os.Exit(2)
@@ -53,7 +54,7 @@ func run(cfg relay.Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := r.Start(); err != nil {
+	if err := r.Start(httpapi.Handlers(r)); err != nil {
 		_ = r.Close(context.Background())
 		return err
 	}
@@ -68,6 +69,16 @@ func run(cfg relay.Config, logger *slog.Logger) error {
 	}
 	logger.Info("stopped cleanly")
 	return nil
+}
+
+// serveConfig is the configuration of `relay serve`: parsed, then
+// validated, before anything starts.
+func serveConfig(args []string, getenv func(string) string) (relay.Config, slog.Level, error) {
+	cfg, level, err := parseConfig(args, getenv)
+	if err != nil {
+		return cfg, level, err
+	}
+	return cfg, level, cfg.Validate()
 }
 
 // parseConfig reads the environment, then flags over it.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/relay/relay/perf"
+	"github.com/relay/relay/relay"
 	"github.com/relay/relay/wsframe"
 )
 
@@ -46,6 +48,23 @@ func TestParseConfigEnvAndFlags(t *testing.T) {
 		return ""
 	}); err == nil {
 		t.Fatal("bad FRAME_WORKERS accepted")
+	}
+}
+
+// relay serve validates the configuration before anything starts.
+func TestServeConfigValidates(t *testing.T) {
+	if _, _, err := serveConfig(nil, func(string) string { return "" }); err != nil {
+		t.Fatalf("defaults refused: %v", err)
+	}
+	env := map[string]string{"RELAY_CONSUMER_OUTBOUND_BYTES": "0", "RELAY_CONSUMER_MAX_LAG": "0"}
+	_, _, err := serveConfig([]string{"-port", "99999"}, func(k string) string { return env[k] })
+	if !errors.Is(err, relay.ErrBadConfig) {
+		t.Fatalf("serveConfig = %v, want ErrBadConfig", err)
+	}
+	for _, want := range []string{"RELAY_CONSUMER_OUTBOUND_BYTES", "RELAY_CONSUMER_MAX_LAG", "RELAY_PORT"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
 	}
 }
 

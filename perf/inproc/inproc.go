@@ -19,6 +19,7 @@ import (
 
 	"github.com/relay/relay/perf"
 	"github.com/relay/relay/relay"
+	"github.com/relay/relay/relay/httpapi"
 )
 
 // pprof labels that split the process between the relay and the harness.
@@ -93,7 +94,7 @@ func Start(ctx context.Context, opts Options) (*Relay, error) {
 		if err != nil {
 			return
 		}
-		if err = ir.r.Start(); err != nil {
+		if err = ir.r.Start(httpapi.Handlers(ir.r)); err != nil {
 			_ = ir.r.Close(context.Background())
 		}
 	})

@@ -50,8 +50,8 @@ func (l *Log) Append(recs []Record) error {
 	if len(recs) > 0 && l.oldest.Load() == 0 {
 		l.oldest.Store(l.firstRetainedSeq())
 	}
-	appendedRecords.Add(len(recs))
-	appendedBytes.Add(bytes)
+	l.metrics.appendedRecords.Add(len(recs))
+	l.metrics.appendedBytes.Add(bytes)
 	return nil
 }
 
@@ -223,6 +223,6 @@ func (l *Log) syncLocked() error {
 	// durSize is stored before durable: a reader that loads durable first
 	// then finds every record up to it within durSize.
 	l.durable.Store(target)
-	syncDuration.UpdateDuration(start)
+	l.metrics.syncDuration.UpdateDuration(start)
 	return nil
 }

@@ -32,6 +32,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 )
 
 // HeaderSize is the size of a record header on disk.
@@ -155,6 +157,9 @@ type Options struct {
 	// its payload (zero-filled pages on some file systems), which the
 	// header checks alone cannot see.
 	CheckPayload func(payload []byte) error
+	// Metrics is the set the log's metrics are created in (the relay's);
+	// nil = a set of the log's own, not exported.
+	Metrics *metrics.Set
 }
 
 // Stats is a snapshot of the log's shape.
@@ -168,10 +173,11 @@ type Stats struct {
 // for one writer goroutine (they are serialized if called from several);
 // every other method is safe for concurrent use.
 type Log struct {
-	dir    string
-	opts   Options
-	logger *slog.Logger
-	lock   *os.File // flock'ed lockFileName
+	dir     string
+	opts    Options
+	logger  *slog.Logger
+	metrics logMetrics
+	lock    *os.File // flock'ed lockFileName
 
 	// wmu guards the writer state below. Sync holds it across fsync; the
 	// sequencer is the only caller of Append and Sync, so nothing waits.
@@ -301,13 +307,17 @@ func Open(opts Options) (*Log, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.NewSet()
+	}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("eventlog: %w", err)
 	}
 	l := &Log{
-		dir:    opts.Dir,
-		opts:   opts,
-		logger: opts.Logger.With("component", "eventlog"),
+		dir:     opts.Dir,
+		opts:    opts,
+		logger:  opts.Logger.With("component", "eventlog"),
+		metrics: newLogMetrics(opts.Metrics),
 	}
 	l.readBufs.New = func() any {
 		b := make([]byte, readBufferSize)

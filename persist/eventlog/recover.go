@@ -80,7 +80,7 @@ func (l *Log) recoverTail(s *segment) (int64, error) {
 			f.Close()
 			return 0, fmt.Errorf("eventlog: truncate %s: %w", s.path, err)
 		}
-		recoveryTruncatedBytes.Add(int(size - end))
+		l.metrics.recoveryTruncatedBytes.Add(int(size - end))
 	}
 	// The records found are reported durable, and a process crash leaves
 	// written but unsynced records in the page cache only: fsync them

@@ -85,9 +85,9 @@ func (l *Log) Trim(now time.Time) (removedSegments int, err error) {
 			errs = append(errs, fmt.Errorf("eventlog: %w", err))
 		}
 		if i < byAge {
-			removedSegmentsAge.Inc()
+			l.metrics.removedSegmentsAge.Inc()
 		} else {
-			removedSegmentsSize.Inc()
+			l.metrics.removedSegmentsSize.Inc()
 		}
 	}
 	if len(removed) > 0 {

@@ -69,11 +69,11 @@ func (l *Log) Takedown(uid uint64) (n int, err error) {
 		k, err := l.takedownSegment(s, sizes[i], uid, *bp, i < len(segs)-1)
 		n += k
 		if err != nil {
-			takedownRecords.Add(n)
+			l.metrics.takedownRecords.Add(n)
 			return n, err
 		}
 	}
-	takedownRecords.Add(n)
+	l.metrics.takedownRecords.Add(n)
 	if n > 0 {
 		l.logger.Info("event log takedown", "uid", uid, "records", n)
 	}

@@ -190,8 +190,6 @@ type Store interface {
 	// when zero, and increments the AccountCount of a.HostID, atomically.
 	// ErrExists for a known DID, ErrNotFound for an unknown host.
 	CreateAccount(ctx context.Context, a *Account) error
-	// GetAccount returns the account with the UID, or ErrNotFound.
-	GetAccount(ctx context.Context, uid uint64) (*Account, error)
 	// GetAccountByDID returns the account with the DID, or ErrNotFound.
 	GetAccountByDID(ctx context.Context, did string) (*Account, error)
 	// ListAccounts returns up to limit accounts with UID > afterUID, by
@@ -227,12 +225,6 @@ type Store interface {
 	AddDomainBan(ctx context.Context, domain string) error
 	// RemoveDomainBan lifts a ban; ErrNotFound if the domain is not banned.
 	RemoveDomainBan(ctx context.Context, domain string) error
-
-	// GetProgress reads a backfill progress value; found is false when the
-	// key was never written.
-	GetProgress(ctx context.Context, key string) (value string, found bool, err error)
-	// PutProgress writes (upserts) a backfill progress value.
-	PutProgress(ctx context.Context, key, value string) error
 
 	// Ping reports whether the store can serve requests (readiness).
 	Ping(ctx context.Context) error

@@ -46,7 +46,6 @@ func RunWithReopen(t *testing.T, open OpenFunc, reopen ReopenFunc) {
 		{"RepoStates", testRepoStates},
 		{"Checkpoint", testCheckpoint},
 		{"DomainBans", testDomainBans},
-		{"Progress", testProgress},
 		{"ListLimits", testListLimits},
 		{"Closed", testClosed},
 	}
@@ -368,12 +367,7 @@ func testAccountCreateGet(t *testing.T, s meta.Store) {
 		t.Fatal("upstream-deactivated account reported active")
 	}
 	for _, want := range []*meta.Account{a, b} {
-		got, err := s.GetAccount(ctx(t), want.UID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		equalAccount(t, "GetAccount", got, want)
-		got, err = s.GetAccountByDID(ctx(t), want.DID)
+		got, err := s.GetAccountByDID(ctx(t), want.DID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -393,8 +387,6 @@ func testAccountCreateGet(t *testing.T, s meta.Store) {
 	_, err := s.GetAccountByDID(ctx(t), "did:plc:orphan")
 	wantErr(t, "account of failed create", err, meta.ErrNotFound)
 
-	_, err = s.GetAccount(ctx(t), b.UID+1000)
-	wantErr(t, "GetAccount(unknown)", err, meta.ErrNotFound)
 	_, err = s.GetAccountByDID(ctx(t), "did:plc:unknown")
 	wantErr(t, "GetAccountByDID(unknown)", err, meta.ErrNotFound)
 	// DIDs are case-sensitive identifiers, unlike hostnames.
@@ -465,7 +457,7 @@ func testAccountUpdateMove(t *testing.T, s meta.Store) {
 	if c1, c2 := hostCount(t, s, h1.ID), hostCount(t, s, h2.ID); c1 != 2 || c2 != 0 {
 		t.Fatalf("status update changed counts: %d %d", c1, c2)
 	}
-	got, err := s.GetAccount(ctx(t), a.UID)
+	got, err := s.GetAccountByDID(ctx(t), a.DID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,7 +490,7 @@ func testAccountUpdateMove(t *testing.T, s meta.Store) {
 	bad.HostID = h2.ID + 100
 	bad.Status = meta.AccountSuspended
 	wantErr(t, "move to unknown host", s.UpdateAccount(ctx(t), &bad), meta.ErrNotFound)
-	got, err = s.GetAccount(ctx(t), a.UID)
+	got, err = s.GetAccountByDID(ctx(t), want.DID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -670,30 +662,6 @@ func testDomainBans(t *testing.T, s meta.Store) {
 	}
 }
 
-func testProgress(t *testing.T, s meta.Store) {
-	v, ok, err := s.GetProgress(ctx(t), "backfill:listRepos")
-	if err != nil || ok || v != "" {
-		t.Fatalf("GetProgress(missing) = %q, %v, %v", v, ok, err)
-	}
-	if err := s.PutProgress(ctx(t), "backfill:listRepos", "cursor-1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutProgress(ctx(t), "other", ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutProgress(ctx(t), "backfill:listRepos", "cursor-2"); err != nil {
-		t.Fatal(err)
-	}
-	v, ok, err = s.GetProgress(ctx(t), "backfill:listRepos")
-	if err != nil || !ok || v != "cursor-2" {
-		t.Fatalf("GetProgress = %q, %v, %v; want cursor-2", v, ok, err)
-	}
-	v, ok, err = s.GetProgress(ctx(t), "other")
-	if err != nil || !ok || v != "" {
-		t.Fatalf("GetProgress(empty value) = %q, %v, %v; want found", v, ok, err)
-	}
-}
-
 func testListLimits(t *testing.T, s meta.Store) {
 	for _, limit := range []int{0, -1, meta.MaxListLimit + 1} {
 		_, err := s.ListHosts(ctx(t), 0, limit)
@@ -753,9 +721,6 @@ func testReopen(t *testing.T, s meta.Store, reopen ReopenFunc) {
 	if err := s.AddDomainBan(ctx(t), "banned.example"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutProgress(ctx(t), "k", "v"); err != nil {
-		t.Fatal(err)
-	}
 
 	s = reopen(t, s)
 
@@ -780,7 +745,7 @@ func testReopen(t *testing.T, s meta.Store, reopen ReopenFunc) {
 		t.Fatal(err)
 	}
 	equalAccount(t, "account after reopen", ga, a)
-	gb, err := s.GetAccount(ctx(t), b.UID)
+	gb, err := s.GetAccountByDID(ctx(t), b.DID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -791,9 +756,6 @@ func testReopen(t *testing.T, s meta.Store, reopen ReopenFunc) {
 	}
 	if bans, err := s.ListDomainBans(ctx(t)); err != nil || !slices.Equal(bans, []string{"banned.example"}) {
 		t.Fatalf("bans after reopen: %v, %v", bans, err)
-	}
-	if v, ok, err := s.GetProgress(ctx(t), "k"); err != nil || !ok || v != "v" {
-		t.Fatalf("progress after reopen: %q %v %v", v, ok, err)
 	}
 	// ID sequences continue after the highest ID ever assigned.
 	h3 := mustHost(t, s, "three.example.com")
@@ -845,7 +807,7 @@ func testCheckpoint(t *testing.T, s meta.Store) {
 	if rs, err := s.GetRepoState(ctx(t), b.UID); err != nil || rs.Rev != "r2" {
 		t.Fatalf("repo b = %+v, %v", rs, err)
 	}
-	ga, err := s.GetAccount(ctx(t), a.UID)
+	ga, err := s.GetAccountByDID(ctx(t), a.DID)
 	if err != nil || ga.Status != meta.AccountActive || ga.UpstreamStatus != meta.AccountDeleted || ga.HostID != h.ID || ga.DID != a.DID {
 		t.Fatalf("account a = %+v, %v", ga, err)
 	}

@@ -14,7 +14,7 @@ import "encoding/binary"
 //	A<did>             account UID, 8 bytes
 //	r<uid:8>           repo state (encodeRepoState)
 //	d<domain>          domain ban, empty value
-//	p<key>             backfill progress value
+//	p<key>             (reserved: backfill progress of earlier versions, no longer read)
 //	s<name>            last ID assigned by a sequence, 8 bytes
 //	v                  on-disk format version, 8 bytes
 //	c                  derived-state checkpoint: log seq (8 bytes) + resume detail
@@ -25,7 +25,6 @@ const (
 	prefixAccountDID = 'A'
 	prefixRepo       = 'r'
 	prefixDomainBan  = 'd'
-	prefixProgress   = 'p'
 	prefixSequence   = 's'
 	prefixVersion    = 'v'
 	prefixCheckpoint = 'c'

@@ -392,14 +392,6 @@ func (s *Store) CreateAccount(_ context.Context, a *meta.Account) error {
 	return nil
 }
 
-// GetAccount implements meta.Store.
-func (s *Store) GetAccount(_ context.Context, uid uint64) (*meta.Account, error) {
-	if s.closed.Load() {
-		return nil, meta.ErrClosed
-	}
-	return s.getAccount(uid)
-}
-
 func (s *Store) getAccount(uid uint64) (*meta.Account, error) {
 	a := &meta.Account{UID: uid}
 	if err := s.get(idKey(prefixAccount, uid), func(v []byte) error { return decodeAccount(v, a) }); err != nil {
@@ -588,30 +580,6 @@ func (s *Store) changeDomainBan(domain string, add bool) error {
 		return err
 	}
 	return s.syncWAL()
-}
-
-// GetProgress implements meta.Store.
-func (s *Store) GetProgress(_ context.Context, key string) (string, bool, error) {
-	if s.closed.Load() {
-		return "", false, meta.ErrClosed
-	}
-	var value string
-	err := s.get(stringKey(prefixProgress, key), func(v []byte) error {
-		value = string(v)
-		return nil
-	})
-	if errors.Is(err, meta.ErrNotFound) {
-		return "", false, nil
-	}
-	return value, err == nil, err
-}
-
-// PutProgress implements meta.Store.
-func (s *Store) PutProgress(_ context.Context, key, value string) error {
-	if s.closed.Load() {
-		return meta.ErrClosed
-	}
-	return s.db.Set(stringKey(prefixProgress, key), []byte(value), pebble.Sync)
 }
 
 // Ping implements meta.Store: it reads the format version key, which

@@ -67,7 +67,7 @@ func TestCorruptRecord(t *testing.T) {
 	if err := s.db.Set(idKey(prefixAccount, 5), []byte{recordVersion, 1, 200}, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetAccount(t.Context(), 5); !errors.Is(err, ErrCorrupt) {
+	if _, err := s.getAccount(5); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("GetAccount of a truncated record: %v, want ErrCorrupt", err)
 	}
 }
@@ -180,7 +180,7 @@ func TestCrashDurability(t *testing.T) {
 		t.Fatal(err)
 	}
 	crash()
-	if got, err := s.GetAccount(ctx, a.UID); err != nil || got.HostID != h2.ID {
+	if got, err := s.GetAccountByDID(ctx, a.DID); err != nil || got.HostID != h2.ID {
 		t.Fatalf("UpdateAccount lost: %+v, %v", got, err)
 	}
 	if got, err := s.GetHost(ctx, h2.ID); err != nil || got.AccountCount != 1 {
@@ -206,12 +206,5 @@ func TestCrashDurability(t *testing.T) {
 	crash()
 	if bans, err := s.ListDomainBans(ctx); err != nil || len(bans) != 0 {
 		t.Fatalf("RemoveDomainBan lost: %v, %v", bans, err)
-	}
-	if err := s.PutProgress(ctx, "k", "v"); err != nil {
-		t.Fatal(err)
-	}
-	crash()
-	if v, ok, err := s.GetProgress(ctx, "k"); err != nil || !ok || v != "v" {
-		t.Fatalf("PutProgress lost: %q %v %v", v, ok, err)
 	}
 }

@@ -267,18 +267,6 @@ func (s *Store) CreateAccount(ctx context.Context, a *meta.Account) error {
 	}
 }
 
-// GetAccount implements meta.Store.
-func (s *Store) GetAccount(ctx context.Context, uid uint64) (*meta.Account, error) {
-	if s.closed.Load() {
-		return nil, meta.ErrClosed
-	}
-	if !validID(uid) {
-		return nil, meta.ErrNotFound
-	}
-	a, err := scanAccount(s.pool.QueryRow(ctx, `SELECT `+accountColumns+` FROM account WHERE uid = $1`, int64(uid)))
-	return a, notFound(err)
-}
-
 // GetAccountByDID implements meta.Store.
 func (s *Store) GetAccountByDID(ctx context.Context, did string) (*meta.Account, error) {
 	if s.closed.Load() {
@@ -444,35 +432,6 @@ func (s *Store) RemoveDomainBan(ctx context.Context, domain string) error {
 	}
 	if tag.RowsAffected() == 0 {
 		return meta.ErrNotFound
-	}
-	return nil
-}
-
-// GetProgress implements meta.Store.
-func (s *Store) GetProgress(ctx context.Context, key string) (string, bool, error) {
-	if s.closed.Load() {
-		return "", false, meta.ErrClosed
-	}
-	var value string
-	err := s.pool.QueryRow(ctx, `SELECT value FROM backfill_progress WHERE name = $1`, key).Scan(&value)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, err
-	}
-	return value, true, nil
-}
-
-// PutProgress implements meta.Store.
-func (s *Store) PutProgress(ctx context.Context, key, value string) error {
-	if s.closed.Load() {
-		return meta.ErrClosed
-	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO backfill_progress (name, value) VALUES ($1, $2)
-		ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = now()`, key, value)
-	if err != nil {
-		return fmt.Errorf("pgstore: put progress: %w", err)
 	}
 	return nil
 }

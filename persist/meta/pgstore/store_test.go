@@ -172,7 +172,7 @@ func TestConcurrentMoves(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := s.GetAccount(ctx, a.UID)
+	got, err := s.GetAccountByDID(ctx, a.DID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package relay
+package httpapi
 
 import (
 	"context"
@@ -18,10 +18,6 @@ const (
 	defaultListByCollectionLimit = 500
 	maxListByCollectionLimit     = 2000
 )
-
-// ErrNameIndexBehind: the collection index has not applied everything a
-// consumer may have received (503, retry).
-const ErrNameIndexBehind = "IndexBehind"
 
 // encodeCollectionCursor makes the opaque cursor: the last DID of the
 // page, base64url. Listing is in DID order, so the next page starts
@@ -56,8 +52,8 @@ type listReposByCollectionOut struct {
 // request arrived, so that a consumer that received an event and then
 // asks sees its effect; past the bound it answers 503 IndexBehind rather
 // than an answer that may contradict the firehose.
-func (r *Relay) handleListReposByCollection(w http.ResponseWriter, req *http.Request) {
-	durable := r.log.DurableSeq()
+func (a *api) handleListReposByCollection(w http.ResponseWriter, req *http.Request) {
+	durable := a.r.DurableSeq()
 	q := req.URL.Query()
 	coll := q.Get("collection")
 	if coll == "" {
@@ -79,23 +75,24 @@ func (r *Relay) handleListReposByCollection(w http.ResponseWriter, req *http.Req
 			return
 		}
 	}
-	if r.coll == nil {
+	svc, ix := a.r.Collections(), a.r.CollectionIndex()
+	if svc == nil || ix == nil {
 		writeError(w, http.StatusServiceUnavailable, ErrNameIndexBehind, "the collection index is not open")
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), collectionsWait)
-	err := r.coll.svc.WaitApplied(ctx, durable)
+	err := svc.WaitApplied(ctx, durable)
 	cancel()
 	if err != nil {
 		w.Header().Set("Retry-After", "1")
-		lag := durable - r.coll.ix.Applied()
+		lag := durable - ix.Applied()
 		writeError(w, http.StatusServiceUnavailable, ErrNameIndexBehind,
 			"the collection index is "+strconv.FormatInt(lag, 10)+" events behind the firehose; retry")
 		return
 	}
-	dids, more, err := r.coll.ix.List(coll, after, limit)
+	dids, more, err := ix.List(coll, after, limit)
 	if err != nil {
-		r.logger.Error("listReposByCollection failed", "collection", coll, "err", err)
+		a.logger.Error("listReposByCollection failed", "collection", coll, "err", err)
 		writeError(w, http.StatusInternalServerError, ErrNameInternal, "collection index read failed")
 		return
 	}
@@ -110,18 +107,18 @@ func (r *Relay) handleListReposByCollection(w http.ResponseWriter, req *http.Req
 }
 
 // registerCollectionsAdmin adds the collection index's admin endpoints.
-func (r *Relay) registerCollectionsAdmin(mux interface {
+func (a *api) registerCollectionsAdmin(mux interface {
 	HandleFunc(string, func(http.ResponseWriter, *http.Request))
 }) {
-	mux.HandleFunc("/admin/collections/resync", r.adminOnly(http.MethodPost, r.handleAdminCollectionsResync))
-	mux.HandleFunc("/admin/collections/backfill/start", r.adminOnly(http.MethodPost, r.handleAdminBackfillStart))
-	mux.HandleFunc("/admin/collections/backfill/status", r.adminOnly(http.MethodGet, r.handleAdminBackfillStatus))
-	mux.HandleFunc("/admin/collections/backfill/cancel", r.adminOnly(http.MethodPost, r.handleAdminBackfillCancel))
-	mux.HandleFunc("/admin/collections/did", r.adminOnly(http.MethodGet, r.handleAdminCollectionsDID))
+	mux.HandleFunc("/admin/collections/resync", a.adminOnly(http.MethodPost, a.handleAdminCollectionsResync))
+	mux.HandleFunc("/admin/collections/backfill/start", a.adminOnly(http.MethodPost, a.handleAdminBackfillStart))
+	mux.HandleFunc("/admin/collections/backfill/status", a.adminOnly(http.MethodGet, a.handleAdminBackfillStatus))
+	mux.HandleFunc("/admin/collections/backfill/cancel", a.adminOnly(http.MethodPost, a.handleAdminBackfillCancel))
+	mux.HandleFunc("/admin/collections/did", a.adminOnly(http.MethodGet, a.handleAdminCollectionsDID))
 }
 
-func (r *Relay) collectionsReady(w http.ResponseWriter) bool {
-	if r.coll == nil {
+func (a *api) collectionsReady(w http.ResponseWriter) bool {
+	if a.r.Collections() == nil {
 		writeError(w, http.StatusServiceUnavailable, ErrNameIndexBehind, "the collection index is not open")
 		return false
 	}
@@ -129,11 +126,11 @@ func (r *Relay) collectionsReady(w http.ResponseWriter) bool {
 }
 
 // POST /admin/collections/resync {"did"}: rebuild a DID's counts from its PDS.
-func (r *Relay) handleAdminCollectionsResync(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminCollectionsResync(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		DID string `json:"did"`
 	}
-	if !decodeJSONBody(w, req, &body) || !r.collectionsReady(w) {
+	if !decodeJSONBody(w, req, &body) || !a.collectionsReady(w) {
 		return
 	}
 	did, err := syntax.ParseDID(body.DID)
@@ -141,7 +138,7 @@ func (r *Relay) handleAdminCollectionsResync(w http.ResponseWriter, req *http.Re
 		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "did is not a valid DID")
 		return
 	}
-	ok, err := r.coll.svc.Resync(did.String(), true)
+	ok, err := a.r.Collections().Resync(did.String(), true)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
 		return
@@ -150,20 +147,20 @@ func (r *Relay) handleAdminCollectionsResync(w http.ResponseWriter, req *http.Re
 		writeError(w, http.StatusBadRequest, ErrNameRepoTakendown, "the account was taken down or deleted")
 		return
 	}
-	r.adminCounter("collections_resync")
+	a.r.Metrics().AdminAction("collections_resync")
 	writeJSON(w, http.StatusOK, map[string]any{"did": did.String(), "queued": true})
 }
 
 // POST /admin/collections/backfill/start {"source"?, "collections":[...]}.
-func (r *Relay) handleAdminBackfillStart(w http.ResponseWriter, req *http.Request) {
+func (a *api) handleAdminBackfillStart(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Source      string   `json:"source"`
 		Collections []string `json:"collections"`
 	}
-	if !decodeJSONBody(w, req, &body) || !r.collectionsReady(w) {
+	if !decodeJSONBody(w, req, &body) || !a.collectionsReady(w) {
 		return
 	}
-	st, err := r.coll.svc.StartBackfill(body.Source, body.Collections)
+	st, err := a.r.Collections().StartBackfill(body.Source, body.Collections)
 	if errors.Is(err, collections.ErrBackfillRunning) {
 		writeError(w, http.StatusConflict, ErrNameBadRequest, err.Error())
 		return
@@ -172,15 +169,15 @@ func (r *Relay) handleAdminBackfillStart(w http.ResponseWriter, req *http.Reques
 		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
 		return
 	}
-	r.adminCounter("collections_backfill_start")
+	a.r.Metrics().AdminAction("collections_backfill_start")
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (r *Relay) handleAdminBackfillStatus(w http.ResponseWriter, _ *http.Request) {
-	if !r.collectionsReady(w) {
+func (a *api) handleAdminBackfillStatus(w http.ResponseWriter, _ *http.Request) {
+	if !a.collectionsReady(w) {
 		return
 	}
-	st, ok := r.coll.svc.BackfillStatus()
+	st, ok := a.r.Collections().BackfillStatus()
 	if !ok {
 		writeJSON(w, http.StatusOK, map[string]any{"state": "none"})
 		return
@@ -188,29 +185,29 @@ func (r *Relay) handleAdminBackfillStatus(w http.ResponseWriter, _ *http.Request
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (r *Relay) handleAdminBackfillCancel(w http.ResponseWriter, _ *http.Request) {
-	if !r.collectionsReady(w) {
+func (a *api) handleAdminBackfillCancel(w http.ResponseWriter, _ *http.Request) {
+	if !a.collectionsReady(w) {
 		return
 	}
-	st, err := r.coll.svc.CancelBackfill()
+	st, err := a.r.Collections().CancelBackfill()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
 		return
 	}
-	r.adminCounter("collections_backfill_cancel")
+	a.r.Metrics().AdminAction("collections_backfill_cancel")
 	writeJSON(w, http.StatusOK, st)
 }
 
 // GET /admin/collections/did?did=: what the index holds for a DID.
-func (r *Relay) handleAdminCollectionsDID(w http.ResponseWriter, req *http.Request) {
-	if !r.collectionsReady(w) {
+func (a *api) handleAdminCollectionsDID(w http.ResponseWriter, req *http.Request) {
+	if !a.collectionsReady(w) {
 		return
 	}
 	did, ok := queryDID(w, req.URL.Query())
 	if !ok {
 		return
 	}
-	info, err := r.coll.ix.DID(did)
+	info, err := a.r.CollectionIndex().DID(did)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
 		return
@@ -219,12 +216,4 @@ func (r *Relay) handleAdminCollectionsDID(w http.ResponseWriter, req *http.Reque
 		info.Counts = []collection.Count{}
 	}
 	writeJSON(w, http.StatusOK, info)
-}
-
-// collectionStats is the /_stats section.
-func (r *Relay) collectionStats() any {
-	if r.coll == nil {
-		return nil
-	}
-	return r.coll.svc.Stats()
 }
