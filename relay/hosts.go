@@ -88,6 +88,8 @@ type hostConn struct {
 	tracker seqTracker
 	rate    *hostRate                    // event rate limits (ratelimit.go)
 	ident   atomic.Pointer[rate.Limiter] // identity lookup budget (ratelimit.go)
+	// statusChecks is the host's account status re-check budget.
+	statusChecks *rate.Limiter
 	// syncV11: the host sent a valid sync-1.1 commit (with prevData and a
 	// passing inversion), so it is validated strictly from then on.
 	syncV11 atomic.Bool
@@ -118,11 +120,15 @@ func (h *hostConn) abandon(cause error) {
 	}
 }
 
-func (h *hostConn) accountLimitReached() bool {
+// reserveAccount counts a new account and reports whether it is past the
+// host's account limit (so created throttled), in one step.
+func (h *hostConn) reserveAccount() (throttled bool) {
 	trusted := h.trusted()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return !trusted && h.rec.AccountLimit > 0 && h.rec.AccountCount >= h.rec.AccountLimit
+	throttled = !trusted && h.rec.AccountLimit > 0 && h.rec.AccountCount >= h.rec.AccountLimit
+	h.rec.AccountCount++
+	return throttled
 }
 
 // identityAllowed takes one identity lookup from the host's budget.
@@ -154,7 +160,8 @@ func (h *hostConn) accountCreated() {
 	h.mu.Unlock()
 }
 
-// accountRemoved counts an account that moved to another host.
+// accountRemoved takes back one account count (an account that moved to
+// another host, or a reservation whose account was not created).
 func (h *hostConn) accountRemoved() {
 	h.mu.Lock()
 	if h.rec.AccountCount > 0 {
@@ -355,6 +362,7 @@ func (m *HostManager) track(rec *meta.Host) *hostConn {
 	trusted := rec.Trusted || m.policy.trusted.trusts(rec.Hostname)
 	h.rate = newHostRate(limitsFor(rec.AccountLimit, trusted))
 	h.ident.Store(identityLimiter(rec.AccountLimit, trusted))
+	h.statusChecks = newStatusCheckBudget()
 	h.tracker.reset(rec.Cursor)
 	{
 		// Where recovery says the host resumes: never live once an event

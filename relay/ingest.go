@@ -54,6 +54,9 @@ type ingestItem struct {
 	// reresolved: the identity was already refreshed once for this item
 	// (after a signature failure or a host mismatch); it is not refreshed
 	// again.
+	// rechecked: the account's status was already re-checked with its
+	// host for this item (recheck.go).
+	rechecked  bool
 	reresolved bool
 	// fn, when set, is a command run on the partition (admin actions that
 	// touch account state) instead of an event.
@@ -102,6 +105,9 @@ type Ingester struct {
 	hostByID func(id uint64) *hostConn
 	metrics  *Metrics
 	v        validator
+	// checker re-checks an upstream-inactive account with its host (nil:
+	// no re-checks).
+	checker *statusChecker
 
 	partitions []*partition
 	seed       maphash.Seed
@@ -138,6 +144,10 @@ type partition struct {
 	pending map[string][]*ingestItem
 	unsent  map[string]bool
 	stalled map[string]bool
+	// rechecked receives status re-check answers; checked remembers
+	// recent re-checks (recheck.go).
+	rechecked chan statusResult
+	checked   *simplelru.LRU[string, time.Time]
 }
 
 // ingestDeps is everything the ingester touches.
@@ -150,8 +160,10 @@ type ingestDeps struct {
 	// hostByID is a host's live record (a migration moves one account
 	// count off the old host).
 	hostByID func(id uint64) *hostConn
-	metrics  *Metrics
-	logger   *slog.Logger
+	// checker re-checks upstream-inactive accounts (nil: none).
+	checker *statusChecker
+	metrics *Metrics
+	logger  *slog.Logger
 	// lenient and enforceInversion are the validation policy.
 	lenient, enforceInversion bool
 	workers                   int
@@ -160,7 +172,7 @@ type ingestDeps struct {
 func newIngester(d ingestDeps) *Ingester {
 	workers := max(d.workers, 1)
 	ing := &Ingester{
-		store: d.store, derived: d.derived, resolver: d.resolver, submit: d.submit, hostByID: d.hostByID,
+		store: d.store, derived: d.derived, resolver: d.resolver, submit: d.submit, hostByID: d.hostByID, checker: d.checker,
 		metrics: d.metrics, seed: maphash.MakeSeed(),
 		logger: d.logger,
 		v:      validator{lenient: d.lenient, enforceInversion: d.enforceInversion, now: time.Now},
@@ -174,6 +186,7 @@ func newIngester(d ingestDeps) *Ingester {
 			resolved: make(chan *identInfo, partitionQueue),
 			idents:   newIdentCache(), accounts: newAccountCache(),
 			pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
+			rechecked: make(chan statusResult, statusCheckWorkers), checked: newCheckedCache(),
 		}
 		ing.partitions = append(ing.partitions, p)
 		ing.wg.Add(1)
@@ -258,6 +271,8 @@ func (p *partition) run() {
 			p.onResolved(info)
 		case it := <-p.in:
 			p.handle(it)
+		case r := <-p.rechecked:
+			p.onRechecked(r)
 		case <-sweep.C:
 			p.retryUnsent()
 			p.retryStalled()
@@ -596,6 +611,9 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 // event is dropped. ok=false means the event was dropped or is waiting.
 func (p *partition) verifyRepoEvent(it *ingestItem, st *accountState, verify func() (*verified, error)) (*verified, bool) {
 	if !st.acct.IsActive() {
+		if p.recheck(it, st) {
+			return nil, false // held while the host is asked
+		}
 		p.drop(it, "inactive_account", errInactive(st))
 		return nil, false
 	}
@@ -675,12 +693,15 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 
 func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
 	a := &meta.Account{DID: it.did, HostID: it.host.id, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
-	if it.host.accountLimitReached() {
+	// The limit check and the count are one step: two workers creating
+	// accounts of one host at once cannot both take the last slot.
+	if it.host.reserveAccount() {
 		a.Status = meta.AccountThrottled
 	}
 	ctx, cancel := p.storeCtx()
 	defer cancel()
 	if err := p.ing.store.CreateAccount(ctx, a); err != nil {
+		it.host.accountRemoved() // not created here: give the slot back
 		if errors.Is(err, meta.ErrExists) {
 			got, gerr := p.ing.store.GetAccountByDID(ctx, it.did)
 			if gerr != nil {
@@ -692,7 +713,6 @@ func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
 			return nil, err
 		}
 	}
-	it.host.accountCreated()
 	st := &accountState{acct: *a}
 	p.cacheAccount(st)
 	return st, nil

@@ -208,6 +208,7 @@ func runScenario(t *testing.T, s *relayScenario, lenient, strictHost bool) ([]ev
 		n.r.hosts.byHostname(p.Host()).syncV11.Store(true)
 	}
 	c := dialConsumer(t, n.r.Addr(), "")
+	waitConsumers(t, n.r, 1) // live from here: it must see the first message
 	for i, m := range s.Messages {
 		if m.Frame.Header.Op != 1 {
 			t.Fatalf("message %d: op %d is not handled", i, m.Frame.Header.Op)

@@ -29,6 +29,7 @@ type Metrics struct {
 	cursorResets        *counterVec // relay_host_cursor_resets_total{reason}
 	discoveryRefused    *counterVec // relay_discovery_refused_total{reason}
 	crawlForwards       *counterVec // relay_crawl_forwards_total{result}
+	statusRechecks      *counterVec // relay_account_status_rechecks_total{result}
 	discoveryAdded      *metrics.Counter
 	identityBudgetWaits *metrics.Counter
 
@@ -97,6 +98,7 @@ func NewMetrics() *Metrics {
 		cursorResets:        newCounterVec(s, `relay_host_cursor_resets_total{reason=%q}`, []string{"future_cursor", "outdated_cursor", "admin"}),
 		discoveryRefused:    newCounterVec(s, `relay_discovery_refused_total{reason=%q}`, []string{"relay", "banned", "bad_hostname", "describe_server", "error"}),
 		crawlForwards:       newCounterVec(s, `relay_crawl_forwards_total{result=%q}`, []string{"ok", "failed", "queue_full"}),
+		statusRechecks:      newCounterVec(s, `relay_account_status_rechecks_total{result=%q}`, []string{"asked", "fixed", "confirmed", "failed"}),
 		discoveryAdded:      s.NewCounter("relay_discovery_added_total"),
 		identityBudgetWaits: s.NewCounter("relay_identity_budget_waits_total"),
 

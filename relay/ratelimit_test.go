@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"encoding/json"
+	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +159,81 @@ func TestIdentityLookupBudgetUnderBadSignatureFlood(t *testing.T) {
 	}
 	if n.r.metrics.identityBudgetWaits.Get() == 0 {
 		t.Fatal("no lookup waited for the budget")
+	}
+}
+
+// A commit for an account the relay believes deactivated upstream (it
+// missed the host's #account) is not dropped at once: the host's
+// getRepoStatus is asked, and when it says active the relay fixes the
+// status (#account active) and relays the commit.
+func TestMissedAccountEventRechecked(t *testing.T) {
+	var active atomic.Bool
+	var asked atomic.Int32
+	plc, err := perf.StartPLC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(plc.Close)
+	var did string
+	p, err := perf.StartPDS(perf.PDSOptions{Routes: map[string]http.HandlerFunc{
+		"GET /xrpc/com.atproto.sync.getRepoStatus": func(w http.ResponseWriter, r *http.Request) {
+			asked.Add(1)
+			out := map[string]any{"did": r.URL.Query().Get("did"), "active": active.Load()}
+			if !active.Load() {
+				out["status"] = "deactivated"
+			}
+			_ = json.NewEncoder(w).Encode(out)
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	cfg := testConfig(t)
+	cfg.PLCHost = plc.URL()
+	r := startRelay(t, cfg)
+	a, err := perf.NewAccount(perf.K256, "missed.test", plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	did = a.DID
+	requestCrawl(t, r, p.Host(), http.StatusOK)
+	waitUntil(t, 10*time.Second, "subscribed", func() bool { return p.Subscribers() == 1 })
+	c := dialConsumer(t, r.Addr(), "")
+	emitCommit(t, a, p, 1)
+	p.Emit(perf.Event{Account: a.AccountEvent(false, "deactivated")})
+	collectEvents(t, c, 2, 10*time.Second)
+
+	// The host reactivates the account but the relay misses the #account;
+	// the host still says deactivated the first time it is asked.
+	rev := emitCommit(t, a, p, 1)
+	waitUntil(t, 10*time.Second, "dropped after a re-check", func() bool {
+		return hostRecord(t, r, p.Host()).Drops["inactive_account"] == 1
+	})
+	if asked.Load() != 1 {
+		t.Fatalf("host asked %d times, want 1", asked.Load())
+	}
+	expectNoEvent(t, c, 200*time.Millisecond)
+	_ = rev
+
+	// Now it is active at the host, and a new commit arrives: the cached
+	// answer is not reused within the TTL, so clear it the way a later
+	// commit after the TTL would find it.
+	active.Store(true)
+	purged := make(chan struct{})
+	if err := r.ing.Exec(t.Context(), did, func(part *partition) { part.checked.Purge(); close(purged) }); err != nil {
+		t.Fatal(err)
+	}
+	<-purged
+	rev = emitCommit(t, a, p, 1)
+	got := collectEvents(t, c, 2, 10*time.Second)
+	if got[0].t != "#account" || got[0].did != did || !got[0].active {
+		t.Fatalf("first frame %v, want #account active", got[0])
+	}
+	if got[1].t != "#commit" || got[1].rev != rev {
+		t.Fatalf("second frame %v, want the commit %s", got[1], rev)
+	}
+	if n := r.metrics.statusRechecks.with("fixed").Get(); n != 1 {
+		t.Fatalf("fixed re-checks %d, want 1", n)
 	}
 }

@@ -133,6 +133,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		store: r.store, derived: r.derived, resolver: r.resolver, submit: r.seq.Submit,
 		// Late-bound: the host manager is built on the ingester.
 		hostByID: func(id uint64) *hostConn { return r.hosts.byID(id) },
+		checker:  newStatusChecker(loop.NewHTTPClient(cfg.AllowInsecureHosts, statusCheckTimeout), logger.With("component", "recheck")),
 		metrics:  r.metrics, logger: logger.With("component", "ingest"),
 		lenient: cfg.LenientSyncValidation, enforceInversion: cfg.InversionEnforced, workers: cfg.FrameWorkers,
 	})
