@@ -22,9 +22,9 @@ const (
 	// paged for hosts the relay does not know (RELAY_DISCOVERY_INTERVAL).
 	DefaultDiscoveryInterval = time.Hour
 	// discoveryChecksPerSecond bounds how fast unknown hosts are checked
-	// (describeServer each): a seed listing 3,000 hosts takes 5 minutes,
+	// (describeServer each): a seed listing 3,000 hosts takes a minute,
 	// and never makes the relay open thousands of probes at once.
-	discoveryChecksPerSecond = 10
+	discoveryChecksPerSecond = 50
 	// listHostsResponseLimit bounds one listHosts page read.
 	listHostsResponseLimit = 16 << 20
 	// forwardQueue bounds requestCrawls waiting to be forwarded to the

@@ -67,7 +67,7 @@ func (n *testNet) crawl(t *testing.T, p *perf.PDS) {
 	}
 }
 
-func requestCrawl(t *testing.T, r *Relay, hostname string, want int) {
+func requestCrawl(t testing.TB, r *Relay, hostname string, want int) {
 	t.Helper()
 	body := fmt.Sprintf(`{"hostname":%q}`, hostname)
 	resp, err := http.Post("http://"+r.Addr()+"/xrpc/com.atproto.sync.requestCrawl", "application/json", strings.NewReader(body))
@@ -82,7 +82,7 @@ func requestCrawl(t *testing.T, r *Relay, hostname string, want int) {
 	}
 }
 
-func mustCommit(t *testing.T, a *perf.Account, ops int) perf.Event {
+func mustCommit(t testing.TB, a *perf.Account, ops int) perf.Event {
 	t.Helper()
 	c, err := a.Commit(ops)
 	if err != nil {
