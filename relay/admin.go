@@ -14,10 +14,6 @@ import (
 
 // Admin action limits.
 const (
-	// adminActionTimeout bounds one admin action. It is detached from the
-	// request: an action that changed state finishes (a takedown scrubs
-	// the log) even if the admin's client went away.
-	adminActionTimeout = 60 * time.Second
 	// disconnectWait bounds how long BlockHost waits for the host's socket
 	// to close, so that when it returns no further event is read from it.
 	disconnectWait = 5 * time.Second

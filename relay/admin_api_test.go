@@ -15,6 +15,7 @@ import (
 	"github.com/relay/relay/perf"
 	"github.com/relay/relay/persist/eventlog"
 	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 const testAdminPassword = "correct horse battery staple"
@@ -80,15 +81,15 @@ func TestAdminAuth(t *testing.T) {
 		status int
 		errNm  string
 	}{
-		{"disabled without credentials", disabled, "", 403, ErrNameForbidden},
-		{"disabled with credentials", disabled, "Bearer " + testAdminPassword, 403, ErrNameForbidden},
-		{"missing", enabled, "", 401, ErrNameAuthRequired},
-		{"wrong bearer", enabled, "Bearer wrong", 401, ErrNameAuthRequired},
-		{"empty bearer", enabled, "Bearer ", 401, ErrNameAuthRequired},
-		{"bearer prefix of the password", enabled, "Bearer " + testAdminPassword[:5], 401, ErrNameAuthRequired},
-		{"wrong basic password", enabled, basic("admin", "wrong"), 401, ErrNameAuthRequired},
-		{"wrong basic user", enabled, basic("root", testAdminPassword), 401, ErrNameAuthRequired},
-		{"unknown scheme", enabled, "Token " + testAdminPassword, 401, ErrNameAuthRequired},
+		{"disabled without credentials", disabled, "", 403, lexicon.Forbidden},
+		{"disabled with credentials", disabled, "Bearer " + testAdminPassword, 403, lexicon.Forbidden},
+		{"missing", enabled, "", 401, lexicon.AuthRequired},
+		{"wrong bearer", enabled, "Bearer wrong", 401, lexicon.AuthRequired},
+		{"empty bearer", enabled, "Bearer ", 401, lexicon.AuthRequired},
+		{"bearer prefix of the password", enabled, "Bearer " + testAdminPassword[:5], 401, lexicon.AuthRequired},
+		{"wrong basic password", enabled, basic("admin", "wrong"), 401, lexicon.AuthRequired},
+		{"wrong basic user", enabled, basic("root", testAdminPassword), 401, lexicon.AuthRequired},
+		{"unknown scheme", enabled, "Token " + testAdminPassword, 401, lexicon.AuthRequired},
 		{"bearer", enabled, "Bearer " + testAdminPassword, 0, ""},
 		{"bearer lower-case scheme", enabled, "bearer " + testAdminPassword, 0, ""},
 		{"basic", enabled, basic("admin", testAdminPassword), 0, ""},
@@ -138,26 +139,26 @@ func TestAdminBadParameters(t *testing.T) {
 		status int
 		errNm  string
 	}{
-		{"block malformed JSON", "POST", "/admin/hosts/block", `{"hostname"`, 400, ErrNameBadRequest},
-		{"block no hostname", "POST", "/admin/hosts/block", `{}`, 400, ErrNameBadRequest},
-		{"block malformed hostname", "POST", "/admin/hosts/block", `{"hostname":"a b"}`, 400, ErrNameBadRequest},
-		{"block unknown hostname", "POST", "/admin/hosts/block", `{"hostname":"localhost:9"}`, 400, ErrNameHostNotFound},
-		{"block GET", "GET", "/admin/hosts/block", "", 405, ErrNameBadRequest},
-		{"unblock unknown hostname", "POST", "/admin/hosts/unblock", `{"hostname":"localhost:9"}`, 400, ErrNameHostNotFound},
-		{"changeLimits no limits", "POST", "/admin/hosts/changeLimits", `{"hostname":"` + n.hosts[0].Host() + `"}`, 400, ErrNameBadRequest},
-		{"changeLimits negative", "POST", "/admin/hosts/changeLimits", `{"hostname":"` + n.hosts[0].Host() + `","accountLimit":-1}`, 400, ErrNameBadRequest},
-		{"changeLimits not a number", "POST", "/admin/hosts/changeLimits", `{"hostname":"` + n.hosts[0].Host() + `","accountLimit":"many"}`, 400, ErrNameBadRequest},
-		{"changeLimits unknown hostname", "POST", "/admin/hosts/changeLimits", `{"hostname":"localhost:9","accountLimit":5}`, 400, ErrNameHostNotFound},
-		{"takedown malformed JSON", "POST", "/admin/accounts/takedown", `did=x`, 400, ErrNameBadRequest},
-		{"takedown no did", "POST", "/admin/accounts/takedown", `{"did":""}`, 400, ErrNameBadRequest},
-		{"takedown malformed did", "POST", "/admin/accounts/takedown", `{"did":"did:nope"}`, 400, ErrNameBadRequest},
-		{"takedown unknown did", "POST", "/admin/accounts/takedown", `{"did":"did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"}`, 400, ErrNameRepoNotFound},
-		{"reverseTakedown unknown did", "POST", "/admin/accounts/reverseTakedown", `{"did":"did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"}`, 400, ErrNameRepoNotFound},
-		{"ban malformed domain", "POST", "/admin/domainBans/add", `{"domain":"-bad-.com"}`, 400, ErrNameBadRequest},
-		{"ban empty label", "POST", "/admin/domainBans/add", `{"domain":"a..com"}`, 400, ErrNameBadRequest},
-		{"ban no domain", "POST", "/admin/domainBans/add", `{"domain":" "}`, 400, ErrNameBadRequest},
-		{"unban not banned", "POST", "/admin/domainBans/remove", `{"domain":"example.com"}`, 400, ErrNameDomainNotBanned},
-		{"consumers POST", "POST", "/admin/consumers", `{}`, 405, ErrNameBadRequest},
+		{"block malformed JSON", "POST", "/admin/hosts/block", `{"hostname"`, 400, lexicon.BadRequest},
+		{"block no hostname", "POST", "/admin/hosts/block", `{}`, 400, lexicon.BadRequest},
+		{"block malformed hostname", "POST", "/admin/hosts/block", `{"hostname":"a b"}`, 400, lexicon.BadRequest},
+		{"block unknown hostname", "POST", "/admin/hosts/block", `{"hostname":"localhost:9"}`, 400, lexicon.HostNotFound},
+		{"block GET", "GET", "/admin/hosts/block", "", 405, lexicon.BadRequest},
+		{"unblock unknown hostname", "POST", "/admin/hosts/unblock", `{"hostname":"localhost:9"}`, 400, lexicon.HostNotFound},
+		{"changeLimits no limits", "POST", "/admin/hosts/changeLimits", `{"hostname":"` + n.hosts[0].Host() + `"}`, 400, lexicon.BadRequest},
+		{"changeLimits negative", "POST", "/admin/hosts/changeLimits", `{"hostname":"` + n.hosts[0].Host() + `","accountLimit":-1}`, 400, lexicon.BadRequest},
+		{"changeLimits not a number", "POST", "/admin/hosts/changeLimits", `{"hostname":"` + n.hosts[0].Host() + `","accountLimit":"many"}`, 400, lexicon.BadRequest},
+		{"changeLimits unknown hostname", "POST", "/admin/hosts/changeLimits", `{"hostname":"localhost:9","accountLimit":5}`, 400, lexicon.HostNotFound},
+		{"takedown malformed JSON", "POST", "/admin/accounts/takedown", `did=x`, 400, lexicon.BadRequest},
+		{"takedown no did", "POST", "/admin/accounts/takedown", `{"did":""}`, 400, lexicon.BadRequest},
+		{"takedown malformed did", "POST", "/admin/accounts/takedown", `{"did":"did:nope"}`, 400, lexicon.BadRequest},
+		{"takedown unknown did", "POST", "/admin/accounts/takedown", `{"did":"did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"}`, 400, lexicon.RepoNotFound},
+		{"reverseTakedown unknown did", "POST", "/admin/accounts/reverseTakedown", `{"did":"did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"}`, 400, lexicon.RepoNotFound},
+		{"ban malformed domain", "POST", "/admin/domainBans/add", `{"domain":"-bad-.com"}`, 400, lexicon.BadRequest},
+		{"ban empty label", "POST", "/admin/domainBans/add", `{"domain":"a..com"}`, 400, lexicon.BadRequest},
+		{"ban no domain", "POST", "/admin/domainBans/add", `{"domain":" "}`, 400, lexicon.BadRequest},
+		{"unban not banned", "POST", "/admin/domainBans/remove", `{"domain":"example.com"}`, 400, lexicon.DomainNotBanned},
+		{"consumers POST", "POST", "/admin/consumers", `{}`, 405, lexicon.BadRequest},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -170,7 +171,7 @@ func TestAdminBadParameters(t *testing.T) {
 	t.Run("10 MB body", func(t *testing.T) {
 		for _, path := range []string{"/admin/hosts/block", "/admin/accounts/takedown", "/admin/domainBans/add"} {
 			res := apiDo(t, "POST", "http://"+n.r.Addr()+path, hugeBody(), adminAuth)
-			if res.status != 400 || res.errName != ErrNameBadRequest {
+			if res.status != 400 || res.errName != lexicon.BadRequest {
 				t.Errorf("%s: %d %q, want 400 BadRequest", path, res.status, res.errName)
 			}
 		}
@@ -454,7 +455,7 @@ func TestAdminTakedown(t *testing.T) {
 			})
 			expectQuiet(t, live, 200*time.Millisecond)
 			c := xrpcClient(n.r)
-			if _, err := comatproto.SyncGetLatestCommit(context.Background(), c, a.DID); xrpcErrName(err) != ErrNameRepoTakendown {
+			if _, err := comatproto.SyncGetLatestCommit(context.Background(), c, a.DID); xrpcErrName(err) != lexicon.RepoTakendown {
 				t.Fatalf("getLatestCommit: %v, want RepoTakendown", err)
 			}
 			st, err := comatproto.SyncGetRepoStatus(context.Background(), c, a.DID)

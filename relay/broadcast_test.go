@@ -18,6 +18,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/relay/relay/persist/eventlog"
+	"github.com/relay/relay/relay/lexicon"
 	"github.com/relay/relay/wsframe"
 )
 
@@ -346,8 +347,8 @@ func TestMaxConsumersRefusedBeforeUpgrade(t *testing.T) {
 	defer resp.Body.Close()
 	var body struct{ Error string }
 	_ = json.NewDecoder(resp.Body).Decode(&body)
-	if resp.StatusCode != http.StatusServiceUnavailable || body.Error != ErrNameTooManyConsumers {
-		t.Fatalf("third consumer: %d %q, want 503 %s", resp.StatusCode, body.Error, ErrNameTooManyConsumers)
+	if resp.StatusCode != http.StatusServiceUnavailable || body.Error != lexicon.TooManyConsumers {
+		t.Fatalf("third consumer: %d %q, want 503 %s", resp.StatusCode, body.Error, lexicon.TooManyConsumers)
 	}
 }
 

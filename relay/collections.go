@@ -25,9 +25,6 @@ const (
 	collectionsDir = "collections"
 	// resyncHTTPTimeout bounds one getRepo or backfill page request.
 	resyncHTTPTimeout = 2 * time.Minute
-	// collectionsWait bounds how long listReposByCollection waits for the
-	// index to apply what is durable when the request starts.
-	collectionsWait = 2 * time.Second
 )
 
 // collectionIndex is the relay's collection index and its service.

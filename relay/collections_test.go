@@ -17,6 +17,7 @@ import (
 
 	"github.com/relay/relay/perf"
 	"github.com/relay/relay/persist/collection"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // collModel is the generator's own record sets: did -> collection -> rkeys.
@@ -326,7 +327,7 @@ func TestListReposByCollectionBadInput(t *testing.T) {
 		var e xrpcError
 		_ = json.NewDecoder(res.Body).Decode(&e)
 		res.Body.Close()
-		if res.StatusCode != http.StatusBadRequest || e.Error != ErrNameBadRequest || e.Message == "" {
+		if res.StatusCode != http.StatusBadRequest || e.Error != lexicon.BadRequest || e.Message == "" {
 			t.Errorf("%q: %d %+v, want 400 BadRequest", q, res.StatusCode, e)
 		}
 	}

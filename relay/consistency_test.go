@@ -9,6 +9,7 @@ import (
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
 
 	"github.com/relay/relay/perf"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // What a consumer has received, the API knows: after each frame arrives,
@@ -87,7 +88,7 @@ func testAPIAgreesWithFirehose(t *testing.T, mutate func(*Config)) {
 	if err != nil || rs.Active || rs.Status == nil || *rs.Status != "deactivated" {
 		t.Fatalf("getRepoStatus right after #account = %+v, %v", rs, err)
 	}
-	if _, err := comatproto.SyncGetLatestCommit(ctx, xc, a.DID); xrpcErrName(err) != ErrNameRepoDeactivated {
+	if _, err := comatproto.SyncGetLatestCommit(ctx, xc, a.DID); xrpcErrName(err) != lexicon.RepoDeactivated {
 		t.Fatalf("getLatestCommit of a deactivated repo: %v", err)
 	}
 }

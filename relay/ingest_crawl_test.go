@@ -14,6 +14,7 @@ import (
 
 	"github.com/relay/relay/perf"
 	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // errDialRecorded is what dialRecorder answers: no connection is made.
@@ -77,7 +78,7 @@ func TestRequestCrawlProductionRefusesWithoutDialing(t *testing.T) {
 		"not a host", "", "https://user@example.com", "example.com/xrpc",
 	} {
 		status, name := crawlResult(t, r, host)
-		if status != http.StatusBadRequest || name != ErrNameBadRequest {
+		if status != http.StatusBadRequest || name != lexicon.BadRequest {
 			t.Errorf("requestCrawl %q: %d %q, want 400 BadRequest", host, status, name)
 		}
 	}
@@ -89,7 +90,7 @@ func TestRequestCrawlProductionRefusesWithoutDialing(t *testing.T) {
 	}
 
 	status, name := crawlResult(t, r, "PDS.Example.com")
-	if status != http.StatusBadRequest || name != ErrNameBadRequest {
+	if status != http.StatusBadRequest || name != lexicon.BadRequest {
 		t.Errorf("unreachable public host: %d %q, want 400 BadRequest", status, name)
 	}
 	if d := rec.dialed(); len(d) != 1 || d[0] != "pds.example.com:443" {
@@ -109,7 +110,7 @@ func TestRequestCrawlRefusesRelays(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(relayLike.Close)
-	if status, name := crawlResult(t, n.r, relayLike.Host()); status != http.StatusBadRequest || name != ErrNameHostBanned {
+	if status, name := crawlResult(t, n.r, relayLike.Host()); status != http.StatusBadRequest || name != lexicon.HostBanned {
 		t.Fatalf("requestCrawl of a relay: %d %q, want 400 HostBanned", status, name)
 	}
 	if n.r.hosts.byHostname(relayLike.Host()) != nil || relayLike.Subscribers() != 0 {
@@ -140,7 +141,7 @@ func TestRequestCrawlRefusesRelays(t *testing.T) {
 		t.Errorf("banned relay host: connected=%v subscribers=%d subscriptions=%v, want one refused subscription",
 			h.connected.Load(), back.Subscribers(), back.Cursors())
 	}
-	if status, name := crawlResult(t, n.r, addr); status != http.StatusBadRequest || name != ErrNameHostBanned {
+	if status, name := crawlResult(t, n.r, addr); status != http.StatusBadRequest || name != lexicon.HostBanned {
 		t.Errorf("requestCrawl of the banned host: %d %q, want 400 HostBanned", status, name)
 	}
 }

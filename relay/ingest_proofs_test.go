@@ -147,6 +147,7 @@ func buildProofCommit(t *testing.T, before map[string]cid.Cid, ops []proofOp, re
 		}
 	}
 	ctx := context.Background()
+	//lint:ignore SA1019 indigo's MST writes into this blockstore interface (boxo is not in the module graph)
 	bs := blockstore.NewBlockstore(datastore.NewMapDatastore())
 	after, err := tree.WriteDiffBlocks(ctx, bs)
 	if err != nil {

@@ -180,6 +180,9 @@ type Handlers struct {
 // Start opens the API and metrics listeners, serves h on them in the
 // background, and connects the hosts.
 func (r *Relay) Start(h Handlers) error {
+	if h.API == nil || (r.cfg.MetricsListen != "" && h.Metrics == nil) {
+		return errors.New("relay: Start needs the API handler, and the metrics handler when the metrics listener is on (httpapi.Handlers)")
+	}
 	var err error
 	r.ln, err = net.Listen("tcp", r.cfg.Listen)
 	if err != nil {

@@ -1,10 +1,12 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -134,8 +136,46 @@ func (r *Relay) AccountHost(ctx context.Context, a *meta.Account) (hostname stri
 	return rec.Hostname, rec.NoSSL, nil
 }
 
-// Hosts lists the tracked hosts with their live state.
-func (r *Relay) Hosts() []HostInfo { return r.hosts.Hosts() }
+// AdminHost is one host in GET /admin/hosts.
+type AdminHost struct {
+	ID           uint64           `json:"id"`
+	Hostname     string           `json:"hostname"`
+	Status       string           `json:"status"`
+	NoSSL        bool             `json:"noSSL"`
+	Trusted      bool             `json:"trusted"`
+	Cursor       int64            `json:"cursor"`
+	Failures     int              `json:"failures"`
+	AccountCount int64            `json:"accountCount"`
+	AccountLimit int64            `json:"accountLimit"`
+	Connected    bool             `json:"connected"`
+	Inflight     int              `json:"inflight"`
+	Received     int64            `json:"received"`
+	Drops        map[string]int64 `json:"drops"`
+	CreatedAt    time.Time        `json:"createdAt"`
+	// Limits are the event rate limits in force, Rate the current events/s,
+	// ThrottledSeconds the time spent held at a limit; StrictSync says the
+	// host is held to sync 1.1.
+	Limits           HostLimits `json:"limits"`
+	Rate             float64    `json:"rate"`
+	ThrottledSeconds float64    `json:"throttledSeconds"`
+	StrictSync       bool       `json:"strictSync"`
+}
+
+// AdminHosts lists every tracked host with its live state, by ID.
+func (r *Relay) AdminHosts() []AdminHost {
+	infos := r.hosts.Hosts()
+	slices.SortFunc(infos, func(x, y HostInfo) int { return cmp.Compare(x.ID, y.ID) })
+	out := make([]AdminHost, len(infos))
+	for i, h := range infos {
+		out[i] = AdminHost{
+			ID: h.ID, Hostname: h.Hostname, Status: string(h.Status), NoSSL: h.NoSSL, Trusted: h.Trusted,
+			Cursor: h.Cursor, Failures: h.Failures, AccountCount: h.AccountCount, AccountLimit: h.AccountLimit,
+			Connected: h.Connected, Inflight: h.Inflight, Received: h.Received, Drops: h.Drops, CreatedAt: h.CreatedAt,
+			Limits: h.Limits, Rate: h.Rate, ThrottledSeconds: h.ThrottledSeconds, StrictSync: h.StrictSync,
+		}
+	}
+	return out
+}
 
 // DomainBans lists the banned domains.
 func (r *Relay) DomainBans(ctx context.Context) ([]string, error) { return r.store.ListDomainBans(ctx) }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/relay/relay/perf"
 	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/relay/lexicon"
 	"github.com/relay/relay/wsframe"
 )
 
@@ -119,32 +120,32 @@ func TestSyncAPIBadParameters(t *testing.T) {
 		status int
 		errNm  string
 	}{
-		{"listRepos limit 0", "GET", "listRepos?limit=0", nil, 400, ErrNameBadRequest},
-		{"listRepos limit 5000", "GET", "listRepos?limit=5000", nil, 400, ErrNameBadRequest},
-		{"listRepos limit not a number", "GET", "listRepos?limit=ten", nil, 400, ErrNameBadRequest},
-		{"listRepos cursor not a number", "GET", "listRepos?cursor=abc", nil, 400, ErrNameBadRequest},
-		{"listRepos negative cursor", "GET", "listRepos?cursor=-1", nil, 400, ErrNameBadRequest},
-		{"listRepos POST", "POST", "listRepos", strings.NewReader("{}"), 405, ErrNameBadRequest},
-		{"listHosts limit 0", "GET", "listHosts?limit=0", nil, 400, ErrNameBadRequest},
-		{"listHosts limit 5000", "GET", "listHosts?limit=5000", nil, 400, ErrNameBadRequest},
-		{"listHosts cursor not a number", "GET", "listHosts?cursor=x1", nil, 400, ErrNameBadRequest},
-		{"getRepoStatus no did", "GET", "getRepoStatus", nil, 400, ErrNameBadRequest},
-		{"getRepoStatus malformed did", "GET", "getRepoStatus?did=alice.test", nil, 400, ErrNameBadRequest},
-		{"getRepoStatus truncated did", "GET", "getRepoStatus?did=did:plc:", nil, 400, ErrNameBadRequest},
-		{"getRepoStatus unknown did", "GET", "getRepoStatus?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", nil, 400, ErrNameRepoNotFound},
-		{"getLatestCommit malformed did", "GET", "getLatestCommit?did=did%20plc", nil, 400, ErrNameBadRequest},
-		{"getLatestCommit unknown did", "GET", "getLatestCommit?did=did:web:nobody.example.com", nil, 400, ErrNameRepoNotFound},
-		{"getRepo malformed did", "GET", "getRepo?did=x", nil, 400, ErrNameBadRequest},
-		{"getRepo unknown did", "GET", "getRepo?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", nil, 400, ErrNameRepoNotFound},
-		{"getRepo malformed since", "GET", "getRepo?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa&since=yesterday", nil, 400, ErrNameBadRequest},
-		{"getHostStatus no hostname", "GET", "getHostStatus", nil, 400, ErrNameBadRequest},
-		{"getHostStatus malformed hostname", "GET", "getHostStatus?hostname=" + url.QueryEscape("not a host!"), nil, 400, ErrNameBadRequest},
-		{"getHostStatus unknown hostname", "GET", "getHostStatus?hostname=localhost:1", nil, 400, ErrNameHostNotFound},
-		{"requestCrawl malformed JSON", "POST", "requestCrawl", strings.NewReader(`{"hostname":`), 400, ErrNameBadRequest},
-		{"requestCrawl not an object", "POST", "requestCrawl", strings.NewReader(`["localhost:1"]`), 400, ErrNameBadRequest},
-		{"requestCrawl 10 MB body", "POST", "requestCrawl", hugeBody(), 400, ErrNameBadRequest},
-		{"requestCrawl no hostname", "POST", "requestCrawl", strings.NewReader(`{}`), 400, ErrNameBadRequest},
-		{"requestCrawl malformed hostname", "POST", "requestCrawl", strings.NewReader(`{"hostname":"ftp://x y"}`), 400, ErrNameBadRequest},
+		{"listRepos limit 0", "GET", "listRepos?limit=0", nil, 400, lexicon.BadRequest},
+		{"listRepos limit 5000", "GET", "listRepos?limit=5000", nil, 400, lexicon.BadRequest},
+		{"listRepos limit not a number", "GET", "listRepos?limit=ten", nil, 400, lexicon.BadRequest},
+		{"listRepos cursor not a number", "GET", "listRepos?cursor=abc", nil, 400, lexicon.BadRequest},
+		{"listRepos negative cursor", "GET", "listRepos?cursor=-1", nil, 400, lexicon.BadRequest},
+		{"listRepos POST", "POST", "listRepos", strings.NewReader("{}"), 405, lexicon.BadRequest},
+		{"listHosts limit 0", "GET", "listHosts?limit=0", nil, 400, lexicon.BadRequest},
+		{"listHosts limit 5000", "GET", "listHosts?limit=5000", nil, 400, lexicon.BadRequest},
+		{"listHosts cursor not a number", "GET", "listHosts?cursor=x1", nil, 400, lexicon.BadRequest},
+		{"getRepoStatus no did", "GET", "getRepoStatus", nil, 400, lexicon.BadRequest},
+		{"getRepoStatus malformed did", "GET", "getRepoStatus?did=alice.test", nil, 400, lexicon.BadRequest},
+		{"getRepoStatus truncated did", "GET", "getRepoStatus?did=did:plc:", nil, 400, lexicon.BadRequest},
+		{"getRepoStatus unknown did", "GET", "getRepoStatus?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", nil, 400, lexicon.RepoNotFound},
+		{"getLatestCommit malformed did", "GET", "getLatestCommit?did=did%20plc", nil, 400, lexicon.BadRequest},
+		{"getLatestCommit unknown did", "GET", "getLatestCommit?did=did:web:nobody.example.com", nil, 400, lexicon.RepoNotFound},
+		{"getRepo malformed did", "GET", "getRepo?did=x", nil, 400, lexicon.BadRequest},
+		{"getRepo unknown did", "GET", "getRepo?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", nil, 400, lexicon.RepoNotFound},
+		{"getRepo malformed since", "GET", "getRepo?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa&since=yesterday", nil, 400, lexicon.BadRequest},
+		{"getHostStatus no hostname", "GET", "getHostStatus", nil, 400, lexicon.BadRequest},
+		{"getHostStatus malformed hostname", "GET", "getHostStatus?hostname=" + url.QueryEscape("not a host!"), nil, 400, lexicon.BadRequest},
+		{"getHostStatus unknown hostname", "GET", "getHostStatus?hostname=localhost:1", nil, 400, lexicon.HostNotFound},
+		{"requestCrawl malformed JSON", "POST", "requestCrawl", strings.NewReader(`{"hostname":`), 400, lexicon.BadRequest},
+		{"requestCrawl not an object", "POST", "requestCrawl", strings.NewReader(`["localhost:1"]`), 400, lexicon.BadRequest},
+		{"requestCrawl 10 MB body", "POST", "requestCrawl", hugeBody(), 400, lexicon.BadRequest},
+		{"requestCrawl no hostname", "POST", "requestCrawl", strings.NewReader(`{}`), 400, lexicon.BadRequest},
+		{"requestCrawl malformed hostname", "POST", "requestCrawl", strings.NewReader(`{"hostname":"ftp://x y"}`), 400, lexicon.BadRequest},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -308,7 +309,7 @@ func TestSyncAPIReadsAccountsAndHosts(t *testing.T) {
 	if !st.Active || st.Rev != nil {
 		t.Fatalf("getRepoStatus carol: %+v", st)
 	}
-	if _, err := comatproto.SyncGetLatestCommit(ctx, c, n.carol.DID); xrpcErrName(err) != ErrNameRepoNotFound {
+	if _, err := comatproto.SyncGetLatestCommit(ctx, c, n.carol.DID); xrpcErrName(err) != lexicon.RepoNotFound {
 		t.Fatalf("getLatestCommit carol (no commit): %v, want RepoNotFound", err)
 	}
 
@@ -346,7 +347,7 @@ func TestSyncAPIReadsAccountsAndHosts(t *testing.T) {
 	if hs.Hostname != n.hosts[1].Host() || *hs.Status != "active" || *hs.AccountCount != 1 {
 		t.Fatalf("getHostStatus: %+v", hs)
 	}
-	if _, err := comatproto.SyncGetHostStatus(ctx, c, "localhost:9"); xrpcErrName(err) != ErrNameHostNotFound {
+	if _, err := comatproto.SyncGetHostStatus(ctx, c, "localhost:9"); xrpcErrName(err) != lexicon.HostNotFound {
 		t.Fatalf("getHostStatus unknown: %v", err)
 	}
 
@@ -396,11 +397,11 @@ func TestSyncAPIStatusErrors(t *testing.T) {
 		upstream string // status sent by bob's PDS in an #account (active=false)
 		errName  string
 	}{
-		{"deactivated", ErrNameRepoDeactivated},
-		{"deleted", ErrNameRepoDeleted},
-		{"suspended", ErrNameRepoSuspended},
-		{"takendown", ErrNameRepoTakendown},
-		{"desynchronized", ErrNameRepoInactive},
+		{"deactivated", lexicon.RepoDeactivated},
+		{"deleted", lexicon.RepoDeleted},
+		{"suspended", lexicon.RepoSuspended},
+		{"takendown", lexicon.RepoTakendown},
+		{"desynchronized", lexicon.RepoInactive},
 	}
 	getRepoURL := "http://" + n.r.Addr() + "/xrpc/com.atproto.sync.getRepo?did=" + url.QueryEscape(n.bob.DID)
 	for _, tc := range cases {
@@ -486,7 +487,7 @@ func TestRequestCrawlPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, h := range []string{"banned.example.com", "pds.BANNED.example.com", "https://x.banned.example.com/"} {
-		if res := crawl(h, http.Header{"Authorization": {"Bearer s3cret"}}); res.status != 400 || res.errName != ErrNameHostBanned {
+		if res := crawl(h, http.Header{"Authorization": {"Bearer s3cret"}}); res.status != 400 || res.errName != lexicon.HostBanned {
 			t.Errorf("%s: %d %q, want 400 HostBanned", h, res.status, res.errName)
 		}
 	}

@@ -9,9 +9,9 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/relay/relay/relay"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // registerAdminAPI adds the /admin/ endpoints, all behind adminOnly.
@@ -38,7 +38,7 @@ func (a *api) registerAdminAPI(mux *http.ServeMux) {
 	// Unknown admin paths also need the password: without it, nobody
 	// learns which admin endpoints exist.
 	mux.HandleFunc("/admin/", a.adminOnly("", func(w http.ResponseWriter, req *http.Request) {
-		writeError(w, http.StatusNotFound, ErrNameNotFound, "no such admin endpoint: "+req.URL.Path)
+		writeError(w, http.StatusNotFound, lexicon.NotFound, "no such admin endpoint: "+req.URL.Path)
 	}))
 }
 
@@ -48,17 +48,17 @@ func (a *api) registerAdminAPI(mux *http.ServeMux) {
 func (a *api) adminOnly(method string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
 		if a.cfg.AdminPassword == "" {
-			writeError(w, http.StatusForbidden, ErrNameForbidden, "the admin API is disabled (RELAY_ADMIN_PASSWORD is not set)")
+			writeError(w, http.StatusForbidden, lexicon.Forbidden, "the admin API is disabled (RELAY_ADMIN_PASSWORD is not set)")
 			return
 		}
 		if !a.isAdmin(req) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="relay admin"`)
-			writeError(w, http.StatusUnauthorized, ErrNameAuthRequired, "admin password required (Bearer token or Basic admin:<password>)")
+			writeError(w, http.StatusUnauthorized, lexicon.AuthRequired, "admin password required (Bearer token or Basic admin:<password>)")
 			return
 		}
 		if method != "" && req.Method != method {
 			w.Header().Set("Allow", method)
-			writeError(w, http.StatusMethodNotAllowed, ErrNameBadRequest, req.URL.Path+" takes "+method)
+			writeError(w, http.StatusMethodNotAllowed, lexicon.BadRequest, req.URL.Path+" takes "+method)
 			return
 		}
 		h(w, req)
@@ -75,57 +75,21 @@ func adminContext(req *http.Request) (context.Context, context.CancelFunc) {
 func (a *api) writeAdminError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, relay.ErrBadHostname), errors.Is(err, relay.ErrBadDID), errors.Is(err, relay.ErrBadDomain), errors.Is(err, relay.ErrBadAccountLimit):
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, err.Error())
 	case errors.Is(err, relay.ErrHostNotFound):
-		writeError(w, http.StatusBadRequest, ErrNameHostNotFound, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.HostNotFound, err.Error())
 	case errors.Is(err, relay.ErrAccountNotFound):
-		writeError(w, http.StatusBadRequest, ErrNameRepoNotFound, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.RepoNotFound, err.Error())
 	case errors.Is(err, relay.ErrDomainNotBanned):
-		writeError(w, http.StatusBadRequest, ErrNameDomainNotBanned, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.DomainNotBanned, err.Error())
 	default:
 		a.logger.Error("admin action failed", "err", err)
-		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
+		writeError(w, http.StatusInternalServerError, lexicon.Internal, err.Error())
 	}
-}
-
-// AdminHost is one host in GET /admin/hosts.
-type AdminHost struct {
-	ID           uint64           `json:"id"`
-	Hostname     string           `json:"hostname"`
-	Status       string           `json:"status"`
-	NoSSL        bool             `json:"noSSL"`
-	Trusted      bool             `json:"trusted"`
-	Cursor       int64            `json:"cursor"`
-	Failures     int              `json:"failures"`
-	AccountCount int64            `json:"accountCount"`
-	AccountLimit int64            `json:"accountLimit"`
-	Connected    bool             `json:"connected"`
-	Inflight     int              `json:"inflight"`
-	Received     int64            `json:"received"`
-	Drops        map[string]int64 `json:"drops"`
-	CreatedAt    time.Time        `json:"createdAt"`
-	// Limits are the event rate limits in force, Rate the current events/s,
-	// ThrottledSeconds the time spent held at a limit; StrictSync says the
-	// host is held to sync 1.1.
-	Limits           relay.HostLimits `json:"limits"`
-	Rate             float64          `json:"rate"`
-	ThrottledSeconds float64          `json:"throttledSeconds"`
-	StrictSync       bool             `json:"strictSync"`
 }
 
 func (a *api) handleAdminHosts(w http.ResponseWriter, _ *http.Request) {
-	infos := a.r.Hosts()
-	slices.SortFunc(infos, func(x, y relay.HostInfo) int { return cmp.Compare(x.ID, y.ID) })
-	out := make([]AdminHost, len(infos))
-	for i, h := range infos {
-		out[i] = AdminHost{
-			ID: h.ID, Hostname: h.Hostname, Status: string(h.Status), NoSSL: h.NoSSL, Trusted: h.Trusted,
-			Cursor: h.Cursor, Failures: h.Failures, AccountCount: h.AccountCount, AccountLimit: h.AccountLimit,
-			Connected: h.Connected, Inflight: h.Inflight, Received: h.Received, Drops: h.Drops, CreatedAt: h.CreatedAt,
-			Limits: h.Limits, Rate: h.Rate, ThrottledSeconds: h.ThrottledSeconds, StrictSync: h.StrictSync,
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
+	writeJSON(w, http.StatusOK, map[string]any{"hosts": a.r.AdminHosts()})
 }
 
 func (a *api) handleAdminResetCursor(w http.ResponseWriter, req *http.Request) {
@@ -183,11 +147,11 @@ func (a *api) handleAdminChangeLimits(w http.ResponseWriter, req *http.Request) 
 		return
 	}
 	if strings.TrimSpace(in.Hostname) == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "hostname is required")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "hostname is required")
 		return
 	}
 	if in.AccountLimit == nil && in.Trusted == nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "accountLimit or trusted is required")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "accountLimit or trusted is required")
 		return
 	}
 	ctx, cancel := adminContext(req)

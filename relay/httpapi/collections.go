@@ -11,6 +11,7 @@ import (
 
 	"github.com/relay/relay/persist/collection"
 	"github.com/relay/relay/relay/collections"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // listReposByCollection limits (lexicon com.atproto.sync.listReposByCollection).
@@ -57,11 +58,11 @@ func (a *api) handleListReposByCollection(w http.ResponseWriter, req *http.Reque
 	q := req.URL.Query()
 	coll := q.Get("collection")
 	if coll == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "collection is required")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "collection is required")
 		return
 	}
 	if _, err := syntax.ParseNSID(coll); err != nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "collection is not a valid NSID: "+err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "collection is not a valid NSID: "+err.Error())
 		return
 	}
 	limit, ok := queryLimit(w, q, defaultListByCollectionLimit, maxListByCollectionLimit)
@@ -71,13 +72,13 @@ func (a *api) handleListReposByCollection(w http.ResponseWriter, req *http.Reque
 	after := ""
 	if c := q.Get("cursor"); c != "" {
 		if after, ok = decodeCollectionCursor(c); !ok {
-			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "cursor is not a cursor from a previous page")
+			writeError(w, http.StatusBadRequest, lexicon.BadRequest, "cursor is not a cursor from a previous page")
 			return
 		}
 	}
 	svc, ix := a.r.Collections(), a.r.CollectionIndex()
 	if svc == nil || ix == nil {
-		writeError(w, http.StatusServiceUnavailable, ErrNameIndexBehind, "the collection index is not open")
+		writeError(w, http.StatusServiceUnavailable, lexicon.IndexBehind, "the collection index is not open")
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), collectionsWait)
@@ -86,14 +87,14 @@ func (a *api) handleListReposByCollection(w http.ResponseWriter, req *http.Reque
 	if err != nil {
 		w.Header().Set("Retry-After", "1")
 		lag := durable - ix.Applied()
-		writeError(w, http.StatusServiceUnavailable, ErrNameIndexBehind,
+		writeError(w, http.StatusServiceUnavailable, lexicon.IndexBehind,
 			"the collection index is "+strconv.FormatInt(lag, 10)+" events behind the firehose; retry")
 		return
 	}
 	dids, more, err := ix.List(coll, after, limit)
 	if err != nil {
 		a.logger.Error("listReposByCollection failed", "collection", coll, "err", err)
-		writeError(w, http.StatusInternalServerError, ErrNameInternal, "collection index read failed")
+		writeError(w, http.StatusInternalServerError, lexicon.Internal, "collection index read failed")
 		return
 	}
 	out := listReposByCollectionOut{Repos: make([]listReposByCollectionRepo, len(dids))}
@@ -119,7 +120,7 @@ func (a *api) registerCollectionsAdmin(mux interface {
 
 func (a *api) collectionsReady(w http.ResponseWriter) bool {
 	if a.r.Collections() == nil {
-		writeError(w, http.StatusServiceUnavailable, ErrNameIndexBehind, "the collection index is not open")
+		writeError(w, http.StatusServiceUnavailable, lexicon.IndexBehind, "the collection index is not open")
 		return false
 	}
 	return true
@@ -135,16 +136,16 @@ func (a *api) handleAdminCollectionsResync(w http.ResponseWriter, req *http.Requ
 	}
 	did, err := syntax.ParseDID(body.DID)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "did is not a valid DID")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "did is not a valid DID")
 		return
 	}
 	ok, err := a.r.Collections().Resync(did.String(), true)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
+		writeError(w, http.StatusInternalServerError, lexicon.Internal, err.Error())
 		return
 	}
 	if !ok {
-		writeError(w, http.StatusBadRequest, ErrNameRepoTakendown, "the account was taken down or deleted")
+		writeError(w, http.StatusBadRequest, lexicon.RepoTakendown, "the account was taken down or deleted")
 		return
 	}
 	a.r.Metrics().AdminAction("collections_resync")
@@ -162,11 +163,11 @@ func (a *api) handleAdminBackfillStart(w http.ResponseWriter, req *http.Request)
 	}
 	st, err := a.r.Collections().StartBackfill(body.Source, body.Collections)
 	if errors.Is(err, collections.ErrBackfillRunning) {
-		writeError(w, http.StatusConflict, ErrNameBadRequest, err.Error())
+		writeError(w, http.StatusConflict, lexicon.BadRequest, err.Error())
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, err.Error())
 		return
 	}
 	a.r.Metrics().AdminAction("collections_backfill_start")
@@ -191,7 +192,7 @@ func (a *api) handleAdminBackfillCancel(w http.ResponseWriter, _ *http.Request) 
 	}
 	st, err := a.r.Collections().CancelBackfill()
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
+		writeError(w, http.StatusInternalServerError, lexicon.Internal, err.Error())
 		return
 	}
 	a.r.Metrics().AdminAction("collections_backfill_cancel")
@@ -209,7 +210,7 @@ func (a *api) handleAdminCollectionsDID(w http.ResponseWriter, req *http.Request
 	}
 	info, err := a.r.CollectionIndex().DID(did)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, ErrNameInternal, err.Error())
+		writeError(w, http.StatusInternalServerError, lexicon.Internal, err.Error())
 		return
 	}
 	if info.Counts == nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/relay/relay/relay"
 	"github.com/relay/relay/relay/dashboard"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // Request limits.
@@ -37,35 +38,6 @@ const (
 	// collectionsWait bounds how long listReposByCollection waits for the
 	// collection index to catch up with the firehose.
 	collectionsWait = 2 * time.Second
-)
-
-// XRPC error names used by the API (from the com.atproto.sync lexicons and
-// the XRPC spec).
-const (
-	ErrNameBadRequest    = "BadRequest"
-	ErrNameInternal      = "InternalServerError"
-	ErrNameNotFound      = "NotFound"
-	ErrNameMethod        = "MethodNotImplemented"
-	ErrNameAuthRequired  = "AuthRequired"
-	ErrNameForbidden     = "Forbidden"
-	ErrNameRepoNotFound  = "RepoNotFound"
-	ErrNameHostNotFound  = "HostNotFound"
-	ErrNameHostBanned    = "HostBanned"
-	ErrNameRepoTakendown = "RepoTakendown"
-	// ErrNameTooManyConsumers: subscribeRepos refused at RELAY_MAX_CONSUMERS.
-	ErrNameTooManyConsumers = "TooManyConsumers"
-	ErrNameRepoSuspended    = "RepoSuspended"
-	ErrNameRepoDeactivated  = "RepoDeactivated"
-	ErrNameRepoDeleted      = "RepoDeleted"
-	// ErrNameRepoInactive covers inactive states the lexicon has no name
-	// for (desynchronized, throttled upstream), as in the reference relay.
-	ErrNameRepoInactive = "RepoInactive"
-	// ErrNameDomainNotBanned is the admin API's error name for removing a
-	// ban that does not exist.
-	ErrNameDomainNotBanned = "DomainNotBanned"
-	// ErrNameIndexBehind: the collection index has not applied everything
-	// a consumer may have received (503, retry).
-	ErrNameIndexBehind = "IndexBehind"
 )
 
 // api serves one relay's endpoints.
@@ -103,7 +75,7 @@ func (a *api) apiHandler() http.Handler {
 	a.registerAdminAPI(mux)
 	a.registerCollectionsAdmin(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
-		writeError(w, http.StatusNotFound, ErrNameNotFound, "no such endpoint: "+req.URL.Path)
+		writeError(w, http.StatusNotFound, lexicon.NotFound, "no such endpoint: "+req.URL.Path)
 	})
 	return mux
 }
@@ -146,7 +118,7 @@ func writeError(w http.ResponseWriter, status int, name, msg string) {
 // the client's business).
 func (a *api) internalError(w http.ResponseWriter, what string, err error) {
 	a.logger.Error("api: "+what, "err", err)
-	writeError(w, http.StatusInternalServerError, ErrNameInternal, what)
+	writeError(w, http.StatusInternalServerError, lexicon.Internal, what)
 }
 
 // decodeJSONBody reads a bounded JSON body into v, writing the 400 itself.
@@ -156,14 +128,14 @@ func decodeJSONBody(w http.ResponseWriter, req *http.Request, v any) bool {
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "request body too large")
+			writeError(w, http.StatusBadRequest, lexicon.BadRequest, "request body too large")
 			return false
 		}
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "invalid JSON body: "+err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "invalid JSON body: "+err.Error())
 		return false
 	}
 	if _, err := io.Copy(io.Discard, body); err != nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "request body too large")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "request body too large")
 		return false
 	}
 	return true
@@ -179,12 +151,12 @@ func bodyField(w http.ResponseWriter, req *http.Request, field string) (string, 
 	var v string
 	if raw, ok := in[field]; ok {
 		if err := json.Unmarshal(raw, &v); err != nil {
-			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "invalid JSON body: "+field+": "+err.Error())
+			writeError(w, http.StatusBadRequest, lexicon.BadRequest, "invalid JSON body: "+field+": "+err.Error())
 			return "", false
 		}
 	}
 	if strings.TrimSpace(v) == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, field+" is required")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, field+" is required")
 		return "", false
 	}
 	return v, true
@@ -195,7 +167,7 @@ func xrpcQuery(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, ErrNameBadRequest, "XRPC queries take GET")
+			writeError(w, http.StatusMethodNotAllowed, lexicon.BadRequest, "XRPC queries take GET")
 			return
 		}
 		h(w, req)
@@ -221,7 +193,7 @@ func queryLimit(w http.ResponseWriter, q url.Values, def, max int) (int, bool) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > max {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "limit must be an integer from 1 to "+strconv.Itoa(max))
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "limit must be an integer from 1 to "+strconv.Itoa(max))
 		return 0, false
 	}
 	return n, true
@@ -236,7 +208,7 @@ func queryCursor(w http.ResponseWriter, q url.Values) (uint64, bool) {
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "cursor must be a non-negative integer from a previous page")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "cursor must be a non-negative integer from a previous page")
 		return 0, false
 	}
 	return n, true

@@ -12,6 +12,7 @@ import (
 
 	"github.com/relay/relay/persist/meta"
 	"github.com/relay/relay/relay"
+	"github.com/relay/relay/relay/lexicon"
 )
 
 // Sync read API limits (from the com.atproto.sync lexicons).
@@ -48,14 +49,14 @@ func (a *api) handleSubscribeRepos(w http.ResponseWriter, req *http.Request) {
 	if s := req.URL.Query().Get("cursor"); s != "" {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || v < 0 {
-			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "cursor must be a non-negative integer")
+			writeError(w, http.StatusBadRequest, lexicon.BadRequest, "cursor must be a non-negative integer")
 			return
 		}
 		cursor = v
 	}
 	err := a.r.Subscribe(w, req, cursor)
 	if errors.Is(err, relay.ErrTooManyConsumers) {
-		writeError(w, http.StatusServiceUnavailable, ErrNameTooManyConsumers, "the relay serves its maximum number of consumers; retry later")
+		writeError(w, http.StatusServiceUnavailable, lexicon.TooManyConsumers, "the relay serves its maximum number of consumers; retry later")
 		return
 	}
 	if err != nil {
@@ -78,14 +79,14 @@ func (a *api) handleRequestCrawl(w http.ResponseWriter, req *http.Request) {
 func (a *api) writeCrawlError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, relay.ErrHostBanned), errors.Is(err, relay.ErrHostBlockedCrawl), errors.Is(err, relay.ErrHostIsRelay):
-		writeError(w, http.StatusBadRequest, ErrNameHostBanned, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.HostBanned, err.Error())
 	case errors.Is(err, relay.ErrNewHostLimit):
-		writeError(w, http.StatusTooManyRequests, "RateLimitExceeded", err.Error())
+		writeError(w, http.StatusTooManyRequests, lexicon.RateLimitExceeded, err.Error())
 	case errors.Is(err, relay.ErrBadHostname), errors.Is(err, relay.ErrDescribeServer):
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, err.Error())
 	default:
 		a.logger.Error("requestCrawl failed", "err", err)
-		writeError(w, http.StatusInternalServerError, ErrNameInternal, "could not add host")
+		writeError(w, http.StatusInternalServerError, lexicon.Internal, "could not add host")
 	}
 }
 
@@ -94,12 +95,12 @@ func (a *api) writeCrawlError(w http.ResponseWriter, err error) {
 func queryDID(w http.ResponseWriter, q url.Values) (string, bool) {
 	s := q.Get("did")
 	if s == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "did is required")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "did is required")
 		return "", false
 	}
 	did, err := syntax.ParseDID(s)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "did is not a valid DID: "+err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "did is not a valid DID: "+err.Error())
 		return "", false
 	}
 	return did.String(), true
@@ -113,15 +114,15 @@ func inactiveError(acct *meta.Account) string {
 	}
 	switch relay.AccountStatus(acct) {
 	case meta.AccountTakendown:
-		return ErrNameRepoTakendown
+		return lexicon.RepoTakendown
 	case meta.AccountSuspended:
-		return ErrNameRepoSuspended
+		return lexicon.RepoSuspended
 	case meta.AccountDeactivated:
-		return ErrNameRepoDeactivated
+		return lexicon.RepoDeactivated
 	case meta.AccountDeleted:
-		return ErrNameRepoDeleted
+		return lexicon.RepoDeleted
 	}
-	return ErrNameRepoInactive
+	return lexicon.RepoInactive
 }
 
 // lookupAccount loads the account of did, writing RepoNotFound or a 500
@@ -129,7 +130,7 @@ func inactiveError(acct *meta.Account) string {
 func (a *api) lookupAccount(ctx context.Context, w http.ResponseWriter, did string) (*meta.Account, bool) {
 	acct, err := a.r.Account(ctx, did)
 	if errors.Is(err, meta.ErrNotFound) {
-		writeError(w, http.StatusBadRequest, ErrNameRepoNotFound, "the relay has no repo for "+did)
+		writeError(w, http.StatusBadRequest, lexicon.RepoNotFound, "the relay has no repo for "+did)
 		return nil, false
 	}
 	if err != nil {
@@ -195,18 +196,30 @@ func (a *api) handleListRepos(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, &out)
 }
 
-func (a *api) handleGetRepoStatus(w http.ResponseWriter, req *http.Request) {
+// accountHead reads the did parameter, the account (active when
+// requireActive) and its head (nil: none yet), writing any error itself.
+func (a *api) accountHead(w http.ResponseWriter, req *http.Request, requireActive bool) (*meta.Account, *meta.RepoState, bool) {
 	did, ok := queryDID(w, req.URL.Query())
 	if !ok {
-		return
+		return nil, nil, false
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), storeTimeout)
 	defer cancel()
-	acct, ok := a.lookupAccount(ctx, w, did)
+	var acct *meta.Account
+	if requireActive {
+		acct, ok = a.activeAccount(ctx, w, did)
+	} else {
+		acct, ok = a.lookupAccount(ctx, w, did)
+	}
 	if !ok {
-		return
+		return nil, nil, false
 	}
 	rs, ok := a.repoHead(ctx, w, acct.UID)
+	return acct, rs, ok
+}
+
+func (a *api) handleGetRepoStatus(w http.ResponseWriter, req *http.Request) {
+	acct, rs, ok := a.accountHead(w, req, false)
 	if !ok {
 		return
 	}
@@ -237,22 +250,12 @@ func (a *api) activeAccount(ctx context.Context, w http.ResponseWriter, did stri
 // status calls for. An account with no accepted commit yet is
 // RepoNotFound: the relay has no repo to describe.
 func (a *api) handleGetLatestCommit(w http.ResponseWriter, req *http.Request) {
-	did, ok := queryDID(w, req.URL.Query())
-	if !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(req.Context(), storeTimeout)
-	defer cancel()
-	acct, ok := a.activeAccount(ctx, w, did)
-	if !ok {
-		return
-	}
-	rs, ok := a.repoHead(ctx, w, acct.UID)
+	acct, rs, ok := a.accountHead(w, req, true)
 	if !ok {
 		return
 	}
 	if rs == nil {
-		writeError(w, http.StatusBadRequest, ErrNameRepoNotFound, "no commit of "+did+" has been relayed yet")
+		writeError(w, http.StatusBadRequest, lexicon.RepoNotFound, "no commit of "+acct.DID+" has been relayed yet")
 		return
 	}
 	writeJSON(w, http.StatusOK, &comatproto.SyncGetLatestCommit_Output{Cid: rs.CommitCID, Rev: rs.Rev})
@@ -303,7 +306,7 @@ func (a *api) handleListHosts(w http.ResponseWriter, req *http.Request) {
 func (a *api) handleGetHostStatus(w http.ResponseWriter, req *http.Request) {
 	raw := req.URL.Query().Get("hostname")
 	if raw == "" {
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, "hostname is required")
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, "hostname is required")
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), storeTimeout)
@@ -311,10 +314,10 @@ func (a *api) handleGetHostStatus(w http.ResponseWriter, req *http.Request) {
 	rec, host, err := a.r.HostByName(ctx, raw)
 	switch {
 	case errors.Is(err, relay.ErrBadHostname):
-		writeError(w, http.StatusBadRequest, ErrNameBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, lexicon.BadRequest, err.Error())
 		return
 	case errors.Is(err, meta.ErrNotFound):
-		writeError(w, http.StatusBadRequest, ErrNameHostNotFound, "the relay does not know "+host)
+		writeError(w, http.StatusBadRequest, lexicon.HostNotFound, "the relay does not know "+host)
 		return
 	case err != nil:
 		a.internalError(w, "host lookup failed", err)
@@ -339,7 +342,7 @@ func (a *api) handleGetRepo(w http.ResponseWriter, req *http.Request) {
 	since := q.Get("since")
 	if since != "" {
 		if _, err := syntax.ParseTID(since); err != nil {
-			writeError(w, http.StatusBadRequest, ErrNameBadRequest, "since is not a valid rev (TID)")
+			writeError(w, http.StatusBadRequest, lexicon.BadRequest, "since is not a valid rev (TID)")
 			return
 		}
 	}

@@ -11,11 +11,6 @@ import (
 	"github.com/relay/relay/persist/meta/metatest"
 )
 
-func openTemp(t *testing.T) meta.Store {
-	t.Helper()
-	return openDir(t, t.TempDir())
-}
-
 func openDir(t *testing.T, dir string) *Store {
 	t.Helper()
 	s, err := Open(dir)
