@@ -109,33 +109,54 @@ func (r *Relay) ResetHostCursor(ctx context.Context, hostname string) (meta.Host
 	return rec, nil
 }
 
+// hostAccountsPage is the page size of hostAccounts' store scan.
+const hostAccountsPage = 1000
+
+// hostAccounts calls fn for each account of the host, in creation (UID)
+// order, through the derived-state overlay. The store has no per-host
+// index, so this pages through every account: for admin actions and
+// rare lifecycle events, not the hot path.
+func (r *Relay) hostAccounts(ctx context.Context, hostID uint64, fn func(a *meta.Account) error) error {
+	after := uint64(0)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, hostWriteTimeout)
+		page, err := r.store.ListAccounts(pctx, after, hostAccountsPage)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("list accounts: %w", err)
+		}
+		for _, a := range page {
+			if a.HostID != hostID {
+				continue
+			}
+			r.derived.overlayAccount(a)
+			if err := fn(a); err != nil {
+				return err
+			}
+		}
+		if len(page) < hostAccountsPage {
+			return nil
+		}
+		after = page[len(page)-1].UID
+	}
+}
+
 // resyncHostAccounts asks the collection index to resync every account of
-// the host (paged through the store; bounded by the resync queue, whose
-// refusals are retried by the index's own rescan).
+// the host (bounded by the resync queue, whose refusals are retried by the
+// index's own rescan).
 func (r *Relay) resyncHostAccounts(hostID uint64) {
 	if r.coll == nil || r.coll.svc == nil {
 		return
 	}
-	after, queued := uint64(0), 0
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), hostWriteTimeout)
-		page, err := r.store.ListAccounts(ctx, after, 1000)
-		cancel()
-		if err != nil {
-			r.logger.Error("resync of a host's accounts: listing failed", "host", hostID, "err", err)
-			return
+	queued := 0
+	err := r.hostAccounts(context.Background(), hostID, func(a *meta.Account) error {
+		if ok, _ := r.coll.svc.Resync(a.DID, false); ok {
+			queued++
 		}
-		for _, a := range page {
-			if a.HostID == hostID {
-				if ok, _ := r.coll.svc.Resync(a.DID, false); ok {
-					queued++
-				}
-			}
-		}
-		if len(page) < 1000 {
-			break
-		}
-		after = page[len(page)-1].UID
+		return nil
+	})
+	if err != nil {
+		r.logger.Error("resync of a host's accounts failed", "host", hostID, "err", err)
 	}
 	r.logger.Info("resyncs scheduled for a host's accounts", "host", hostID, "queued", queued)
 }
@@ -150,39 +171,26 @@ func (r *Relay) resyncHostAccounts(hostID uint64) {
 func (r *Relay) promoteThrottled(ctx context.Context, h *hostConn) (int, error) {
 	limit, trusted := h.info().AccountLimit, h.trusted()
 	idx, promoted := int64(0), 0
-	after := uint64(0)
-	for {
-		page, err := r.store.ListAccounts(ctx, after, 1000)
+	err := r.hostAccounts(ctx, h.id, func(a *meta.Account) error {
+		fits := trusted || limit <= 0 || idx < limit
+		idx++
+		if a.Status != meta.AccountThrottled || !fits {
+			return nil
+		}
+		res, err := r.setLocalStatus(ctx, a.DID, meta.AccountActive, func(uid uint64) uint64 { return uid })
+		if err == nil {
+			_, err = waitDurable(ctx, res)
+		}
 		if err != nil {
-			return promoted, err
+			return fmt.Errorf("promote %s: %w", a.DID, err)
 		}
-		for _, a := range page {
-			if a.HostID != h.id {
-				continue
-			}
-			r.derived.overlayAccount(a)
-			fits := trusted || limit <= 0 || idx < limit
-			idx++
-			if a.Status != meta.AccountThrottled || !fits {
-				continue
-			}
-			res, err := r.setLocalStatus(ctx, a.DID, meta.AccountActive, func(uid uint64) uint64 { return uid })
-			if err == nil {
-				_, err = waitDurable(ctx, res)
-			}
-			if err != nil {
-				return promoted, fmt.Errorf("promote %s: %w", a.DID, err)
-			}
-			promoted++
-			if r.coll != nil && r.coll.svc != nil {
-				if _, err := r.coll.svc.Resync(a.DID, true); err != nil {
-					r.logger.Warn("resync of a promoted account failed to queue", "did", a.DID, "err", err)
-				}
+		promoted++
+		if r.coll != nil && r.coll.svc != nil {
+			if _, err := r.coll.svc.Resync(a.DID, true); err != nil {
+				r.logger.Warn("resync of a promoted account failed to queue", "did", a.DID, "err", err)
 			}
 		}
-		if len(page) < 1000 {
-			return promoted, nil
-		}
-		after = page[len(page)-1].UID
-	}
+		return nil
+	})
+	return promoted, err
 }
