@@ -40,8 +40,12 @@ type Config struct {
 
 	// EventLoops is the number of gnet event loops (default GOMAXPROCS).
 	EventLoops int
-	// RingSize is the number of recent frames kept in memory for fan-out.
+	// RingSize is the most recent frames kept in memory for fan-out.
 	RingSize int
+	// RingBytes bounds the frame bytes the ring holds (0: DefaultRingBytes).
+	// The ring only serves the live tip: consumers behind it read the event
+	// log, whose recent segments are in the page cache.
+	RingBytes int64
 	// ConsumerMaxLag is how many events a live consumer may fall behind the
 	// head before it is sent ConsumerTooSlow and closed.
 	ConsumerMaxLag int64
@@ -76,7 +80,8 @@ const (
 	DefaultPLCHost             = "https://plc.directory"
 	DefaultRetention           = 72 * time.Hour
 	DefaultMaxEventsBytes      = 100 << 30
-	DefaultRingSize            = 1 << 16 // 65,536 recent frames (~60 MB at 1 KB/frame)
+	DefaultRingSize            = 1 << 14 // 16,384 slots at most (8 bytes each when empty)
+	DefaultRingBytes           = 8 << 20 // 8 MiB of frames: ~3,000 events of ~2.7 KB, 1.5 s at 2,000 ev/s
 	DefaultConsumerMaxLag      = 1 << 20 // about 30 minutes at 600 ev/s
 	DefaultConsumerOutboundCap = 4 << 20 // 4 MiB queued per consumer socket
 	DefaultMaxConsumers        = 20_000  // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
@@ -99,6 +104,7 @@ func DefaultConfig() Config {
 		FrameWorkers:        runtime.GOMAXPROCS(0),
 		EventLoops:          runtime.GOMAXPROCS(0),
 		RingSize:            DefaultRingSize,
+		RingBytes:           DefaultRingBytes,
 		ConsumerMaxLag:      DefaultConsumerMaxLag,
 		ConsumerOutboundCap: DefaultConsumerOutboundCap,
 		MaxConsumers:        DefaultMaxConsumers,

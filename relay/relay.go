@@ -109,7 +109,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 	}
 	r.recovered = rec
 	r.derived = newDerivedState(rec.seq)
-	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
+	r.ring = NewRing(cfg.RingSize, cfg.RingBytes)
 	r.engine, err = loop.Start(loop.Options{Loops: cfg.EventLoops, Logger: logger.With("component", "loop")})
 	if err != nil {
 		r.store.Close()

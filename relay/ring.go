@@ -32,9 +32,8 @@ type Ring struct {
 	bytes int64
 }
 
-// DefaultRingMaxBytes bounds the memory held by the ring whatever the frame
-// sizes (a burst of 5 MB frames must not pin gigabytes).
-const DefaultRingMaxBytes = 256 << 20
+// DefaultRingMaxBytes is the byte bound of a ring made with maxBytes <= 0.
+const DefaultRingMaxBytes = DefaultRingBytes
 
 // NewRing returns a ring of at least size slots (rounded up to a power of
 // two), holding at most maxBytes of frames.

@@ -49,6 +49,7 @@ func main() {
 }
 
 func run(cfg relay.Config, logger *slog.Logger) error {
+	startPprof(logger)
 	r, err := relay.New(cfg, logger)
 	if err != nil {
 		return err
@@ -123,7 +124,9 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	integer(&cfg.FrameWorkers, "frame-workers", "FRAME_WORKERS", "validation workers")
 	boolean(&cfg.LenientSyncValidation, "lenient-sync-validation", "RELAY_LENIENT_SYNC_VALIDATION", "accept pre-sync-1.1 commits without prevData")
 	integer(&cfg.EventLoops, "event-loops", "RELAY_EVENT_LOOPS", "gnet event loops")
-	integer(&cfg.RingSize, "ring-size", "RELAY_RING_SIZE", "recent frames kept in memory")
+	integer(&cfg.RingSize, "ring-size", "RELAY_RING_SIZE", "most recent frames kept in memory for fan-out")
+	ringBytes := int(cfg.RingBytes)
+	integer(&ringBytes, "ring-bytes", "RELAY_RING_BYTES", "bytes of recent frames kept in memory for fan-out (consumers behind read the event log)")
 	maxLag := int(cfg.ConsumerMaxLag)
 	integer(&maxLag, "consumer-max-lag", "RELAY_CONSUMER_MAX_LAG", "events a live consumer may lag before ConsumerTooSlow")
 	integer(&cfg.MaxConsumers, "max-consumers", "RELAY_MAX_CONSUMERS", "firehose connections served at once (0: no limit)")
@@ -141,6 +144,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	cfg.Retention = time.Duration(retentionHours) * time.Hour
 	cfg.MaxEventsBytes = int64(maxGB) << 30
 	cfg.ConsumerMaxLag = int64(maxLag)
+	cfg.RingBytes = int64(ringBytes)
 	if strings.EqualFold(cfg.Upstream, "none") {
 		cfg.Upstream = ""
 	}
