@@ -81,7 +81,7 @@ const (
 	DefaultRetention           = 72 * time.Hour
 	DefaultMaxEventsBytes      = 100 << 30
 	DefaultRingSize            = 1 << 14 // 16,384 slots at most (8 bytes each when empty)
-	DefaultRingBytes           = 8 << 20 // 8 MiB of frames: ~3,000 events of ~2.7 KB, 1.5 s at 2,000 ev/s
+	DefaultRingBytes           = 4 << 20 // 4 MiB of frames: ~1,500 events of ~2.7 KB, 0.75 s at 2,000 ev/s
 	DefaultConsumerMaxLag      = 1 << 20 // about 30 minutes at 600 ev/s
 	DefaultConsumerOutboundCap = 4 << 20 // 4 MiB queued per consumer socket
 	DefaultMaxConsumers        = 20_000  // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
