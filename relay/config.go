@@ -67,6 +67,9 @@ type Config struct {
 	// SegmentEvents is the number of events per event log segment (0: the
 	// event log's default). Small values make retention finer-grained.
 	SegmentEvents int
+	// CacheBytes bounds the validation workers' account and identity
+	// caches (half each), by the measured bytes per entry (0: default).
+	CacheBytes int64
 	// InversionEnforced drops commits whose MST inversion fails (else counted only).
 	InversionEnforced bool
 }
@@ -89,6 +92,7 @@ const (
 	DefaultIngestStallTimeout  = 5 * time.Minute
 	DefaultNewHostsPerDay      = 50
 	DefaultAccountLimit        = 100
+	DefaultCacheBytes          = 256 << 20 // ~335,000 accounts and ~262,000 identities
 )
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -113,5 +117,6 @@ func DefaultConfig() Config {
 		NewHostsPerDay:      DefaultNewHostsPerDay,
 		DefaultAccountLimit: DefaultAccountLimit,
 		InversionEnforced:   true,
+		CacheBytes:          DefaultCacheBytes,
 	}
 }

@@ -21,10 +21,19 @@ const (
 	// partitionQueue bounds events waiting for one validation worker. When
 	// full, the event loop pauses the host that sent the event.
 	partitionQueue = 1024
-	// accountCacheSize and identityCacheSize bound each partition's caches;
-	// when full an arbitrary entry is evicted (it is reloaded on demand).
-	accountCacheSize  = 1 << 18
-	identityCacheSize = 1 << 18
+	// accountEntryBytes and identityEntryBytes are the heap one cached
+	// account (with its repo head) and one cached identity (with a parsed
+	// key) take, map entry included: 380 and 460-470 bytes measured by
+	// BenchmarkCacheEntryBytes, rounded up. They turn Config.CacheBytes
+	// into each partition's entry bounds; when a cache is full an arbitrary
+	// entry is evicted (reloaded on demand; an account with events in
+	// flight is not evicted).
+	accountEntryBytes  = 400
+	identityEntryBytes = 512
+	// accountCacheSize and identityCacheSize are the bounds of a partition
+	// made without them (benchmarks): DefaultCacheBytes over two workers.
+	accountCacheSize  = DefaultCacheBytes / 2 / 2 / accountEntryBytes
+	identityCacheSize = DefaultCacheBytes / 2 / 2 / identityEntryBytes
 	// storeTimeout bounds one store call of a validation worker. A store
 	// that does not answer in time is an error like any other: the event
 	// is held and retried by the sweep (counted), never dropped.
@@ -124,6 +133,32 @@ type partition struct {
 	pending map[string][]*ingestItem
 	unsent  map[string]bool
 	stalled map[string]bool
+	// maxAccounts and maxIdents bound the caches (0: the defaults).
+	maxAccounts, maxIdents int
+}
+
+// cacheBounds splits a byte budget over workers partitions: half for
+// accounts, half for identities, in entries.
+func cacheBounds(budget int64, workers int) (accounts, idents int) {
+	if budget <= 0 {
+		budget = DefaultCacheBytes
+	}
+	share := budget / 2 / int64(workers)
+	return max(int(share/accountEntryBytes), 1), max(int(share/identityEntryBytes), 1)
+}
+
+func (p *partition) accountBound() int {
+	if p.maxAccounts > 0 {
+		return p.maxAccounts
+	}
+	return accountCacheSize
+}
+
+func (p *partition) identBound() int {
+	if p.maxIdents > 0 {
+		return p.maxIdents
+	}
+	return identityCacheSize
 }
 
 func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Resolver, workers int) *Ingester {
@@ -136,8 +171,10 @@ func newIngester(r *Relay, store meta.Store, derived *derivedState, resolver *Re
 		v:      validator{lenient: r.cfg.LenientSyncValidation, enforceInversion: r.cfg.InversionEnforced, now: time.Now},
 		stop:   make(chan struct{}),
 	}
+	maxAccounts, maxIdents := cacheBounds(r.cfg.CacheBytes, workers)
 	for range workers {
 		p := &partition{
+			maxAccounts: maxAccounts, maxIdents: maxIdents,
 			ing: ing, in: make(chan *ingestItem, partitionQueue),
 			resolved: make(chan *identInfo, partitionQueue),
 			idents:   map[string]*identInfo{}, accounts: map[string]*accountState{},
@@ -296,7 +333,7 @@ func (p *partition) retryUnsent() {
 }
 
 func (p *partition) onResolved(info *identInfo) {
-	if _, cached := p.idents[info.did]; !cached && len(p.idents) >= identityCacheSize {
+	if _, cached := p.idents[info.did]; !cached && len(p.idents) >= p.identBound() {
 		for k := range p.idents {
 			delete(p.idents, k)
 			break
@@ -391,7 +428,7 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 const cacheEvictTries = 16
 
 func (p *partition) cacheAccount(st *accountState) {
-	if len(p.accounts) >= accountCacheSize {
+	if len(p.accounts) >= p.accountBound() {
 		tries := 0
 		for k, old := range p.accounts {
 			if old.inflight.Load() == 0 {

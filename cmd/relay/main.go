@@ -144,6 +144,8 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	integer(&cfg.ConsumerOutboundCap, "consumer-outbound-bytes", "RELAY_CONSUMER_OUTBOUND_BYTES", "bytes queued per consumer socket")
 	integer(&cfg.NewHostsPerDay, "new-hosts-per-day", "RELAY_NEW_HOSTS_PER_DAY", "requestCrawl limit on new hosts per day")
 	boolean(&cfg.InversionEnforced, "enforce-inversion", "RELAY_ENFORCE_INVERSION", "drop commits whose MST inversion fails (false: count them only)")
+	cacheMB := int(cfg.CacheBytes >> 20)
+	integer(&cacheMB, "cache-mb", "RELAY_CACHE_MB", "MiB for the account and identity caches (about 400 bytes per account, 512 per identity)")
 	logLevel := "info"
 	str(&logLevel, "log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -156,6 +158,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	cfg.MaxEventsBytes = int64(maxGB) << 30
 	cfg.ConsumerMaxLag = int64(maxLag)
 	cfg.RingBytes = int64(ringBytes)
+	cfg.CacheBytes = int64(cacheMB) << 20
 	if strings.EqualFold(cfg.Upstream, "none") {
 		cfg.Upstream = ""
 	}
