@@ -83,11 +83,11 @@ const (
 	DefaultPLCHost             = "https://plc.directory"
 	DefaultRetention           = 72 * time.Hour
 	DefaultMaxEventsBytes      = 100 << 30
-	DefaultRingSize            = 1 << 14 // 16,384 slots at most (8 bytes each when empty)
-	DefaultRingBytes           = 4 << 20 // 4 MiB of frames: ~1,500 events of ~2.7 KB, 0.75 s at 2,000 ev/s
-	DefaultConsumerMaxLag      = 1 << 20 // about 30 minutes at 600 ev/s
-	DefaultConsumerOutboundCap = 4 << 20 // 4 MiB queued per consumer socket
-	DefaultMaxConsumers        = 20_000  // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
+	DefaultRingSize            = 1 << 15  // 32,768 slots at most (8 bytes each): the byte bound is the one that binds
+	DefaultRingBytes           = 64 << 20 // at most 64 MiB of frames (~24,000 of ~2.7 KB), held only while a consumer needs them
+	DefaultConsumerMaxLag      = 1 << 20  // about 30 minutes at 600 ev/s
+	DefaultConsumerOutboundCap = 4 << 20  // 4 MiB queued per consumer socket
+	DefaultMaxConsumers        = 20_000   // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
 	DefaultFsyncInterval       = 0
 	DefaultIngestStallTimeout  = 5 * time.Minute
 	DefaultNewHostsPerDay      = 50
