@@ -113,6 +113,7 @@ func NewBroadcaster(engine *loop.Engine, ring *Ring, log replaySource, m *Metric
 		groups: map[gnet.EventLoop]*loopGroup{}, all: map[uint64]*consumer{},
 		replayCh: make(chan *consumer, replayQueue), stop: make(chan struct{}),
 	}
+	ring.SetRetain(b.ringNeed)
 	m.Gauge("relay_consumers", func() float64 { return float64(b.Count()) })
 	b.registerLagGauges(m) // dashboard_source.go
 	for range replayWorkers {
@@ -122,6 +123,22 @@ func NewBroadcaster(engine *loop.Engine, ring *Ring, log replaySource, m *Metric
 	b.wg.Add(1)
 	go b.ticker()
 	return b
+}
+
+// ringNeed is the lowest seq a consumer reading from the ring still needs:
+// one past the position of the furthest-behind consumer that is not behind
+// the ring (those read the event log). The ring evicts what is older.
+func (b *Broadcaster) ringNeed() int64 {
+	oldest := b.ring.Oldest()
+	need := b.ring.Head() + 1
+	b.mu.Lock()
+	for _, c := range b.all {
+		if p := c.pos.Load() + 1; p >= oldest && p < need {
+			need = p
+		}
+	}
+	b.mu.Unlock()
+	return need
 }
 
 // Count is the number of connected consumers.

@@ -48,8 +48,12 @@ type Config struct {
 
 	// EventLoops is the number of gnet event loops (default GOMAXPROCS).
 	EventLoops int
-	// RingSize is the number of recent frames kept in memory for fan-out.
+	// RingSize is the most recent frames kept in memory for fan-out.
 	RingSize int
+	// RingBytes bounds the frame bytes the ring holds (0: DefaultRingBytes).
+	// The ring only serves the live tip: consumers behind it read the event
+	// log, whose recent segments are in the page cache.
+	RingBytes int64
 	// ConsumerMaxLag is how many events a live consumer may fall behind the
 	// head before it is sent ConsumerTooSlow and closed.
 	ConsumerMaxLag int64
@@ -84,6 +88,9 @@ type Config struct {
 	// SegmentEvents is the number of events per event log segment (0: the
 	// event log's default). Small values make retention finer-grained.
 	SegmentEvents int
+	// CacheBytes bounds the validation workers' account and identity
+	// caches (half each), by the measured bytes per entry (0: default).
+	CacheBytes int64
 	// InversionEnforced drops commits whose MST inversion fails (else counted only).
 	InversionEnforced bool
 	// CollectionsBackfillFrom is the source relay of the collection index's
@@ -103,14 +110,16 @@ const (
 	DefaultPLCHost             = "https://plc.directory"
 	DefaultRetention           = 72 * time.Hour
 	DefaultMaxEventsBytes      = 100 << 30
-	DefaultRingSize            = 1 << 16 // 65,536 recent frames (~60 MB at 1 KB/frame)
-	DefaultConsumerMaxLag      = 1 << 20 // about 30 minutes at 600 ev/s
-	DefaultConsumerOutboundCap = 4 << 20 // 4 MiB queued per consumer socket
-	DefaultMaxConsumers        = 20_000  // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
+	DefaultRingSize            = 1 << 15  // 32,768 slots at most (8 bytes each): the byte bound is the one that binds
+	DefaultRingBytes           = 64 << 20 // at most 64 MiB of frames (~24,000 of ~2.7 KB), held only while a consumer needs them
+	DefaultConsumerMaxLag      = 1 << 20  // about 30 minutes at 600 ev/s
+	DefaultConsumerOutboundCap = 4 << 20  // 4 MiB queued per consumer socket
+	DefaultMaxConsumers        = 20_000   // ~1-2 KiB heap each when idle, up to the outbound cap while lagging
 	DefaultFsyncInterval       = 0
 	DefaultIngestStallTimeout  = 5 * time.Minute
 	DefaultNewHostsPerDay      = 50
 	DefaultAccountLimit        = 100
+	DefaultCacheBytes          = 256 << 20 // ~335,000 accounts and ~262,000 identities
 )
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -126,6 +135,7 @@ func DefaultConfig() Config {
 		FrameWorkers:        runtime.GOMAXPROCS(0),
 		EventLoops:          runtime.GOMAXPROCS(0),
 		RingSize:            DefaultRingSize,
+		RingBytes:           DefaultRingBytes,
 		ConsumerMaxLag:      DefaultConsumerMaxLag,
 		ConsumerOutboundCap: DefaultConsumerOutboundCap,
 		MaxConsumers:        DefaultMaxConsumers,
@@ -135,6 +145,7 @@ func DefaultConfig() Config {
 		DefaultAccountLimit: DefaultAccountLimit,
 		InversionEnforced:   true,
 		DiscoveryInterval:   DefaultDiscoveryInterval,
+		CacheBytes:          DefaultCacheBytes,
 	}
 }
 

@@ -23,11 +23,19 @@ const (
 	// partitionQueue bounds events waiting for one validation worker. When
 	// full, the event loop pauses the host that sent the event.
 	partitionQueue = 1024
-	// accountCacheSize and identityCacheSize bound each partition's caches;
-	// when full the least recently used entry is evicted (it is reloaded on
-	// demand), except an account with events in flight.
-	accountCacheSize  = 1 << 18
-	identityCacheSize = 1 << 18
+	// accountEntryBytes and identityEntryBytes are the heap one cached
+	// account (with its repo head) and one cached identity (with a parsed
+	// key) take, map entry included: 380 and 460-470 bytes measured by
+	// BenchmarkCacheEntryBytes, rounded up. They turn Config.CacheBytes
+	// into each partition's entry bounds; when a cache is full the least recently used
+	// entry is evicted (reloaded on demand; an account with events in
+	// flight is not evicted).
+	accountEntryBytes  = 400
+	identityEntryBytes = 512
+	// accountCacheSize and identityCacheSize are the bounds of a partition
+	// made without them (benchmarks): DefaultCacheBytes over two workers.
+	accountCacheSize  = DefaultCacheBytes / 2 / 2 / accountEntryBytes
+	identityCacheSize = DefaultCacheBytes / 2 / 2 / identityEntryBytes
 	// storeTimeout bounds one store call of a validation worker. A store
 	// that does not answer in time is an error like any other: the event
 	// is held and retried by the sweep (counted), never dropped.
@@ -148,6 +156,32 @@ type partition struct {
 	// recent re-checks (recheck.go).
 	rechecked chan statusResult
 	checked   *simplelru.LRU[string, time.Time]
+	// maxAccounts and maxIdents bound the caches (0: the defaults).
+	maxAccounts, maxIdents int
+}
+
+// cacheBounds splits a byte budget over workers partitions: half for
+// accounts, half for identities, in entries.
+func cacheBounds(budget int64, workers int) (accounts, idents int) {
+	if budget <= 0 {
+		budget = DefaultCacheBytes
+	}
+	share := budget / 2 / int64(workers)
+	return max(int(share/accountEntryBytes), 1), max(int(share/identityEntryBytes), 1)
+}
+
+func (p *partition) accountBound() int {
+	if p.maxAccounts > 0 {
+		return p.maxAccounts
+	}
+	return accountCacheSize
+}
+
+func (p *partition) identBound() int {
+	if p.maxIdents > 0 {
+		return p.maxIdents
+	}
+	return identityCacheSize
 }
 
 // ingestDeps is everything the ingester touches.
@@ -164,6 +198,8 @@ type ingestDeps struct {
 	checker *statusChecker
 	metrics *Metrics
 	logger  *slog.Logger
+	// cacheBytes bounds the account and identity caches (RELAY_CACHE_MB).
+	cacheBytes int64
 	// lenient and enforceInversion are the validation policy.
 	lenient, enforceInversion bool
 	workers                   int
@@ -180,11 +216,13 @@ func newIngester(d ingestDeps) *Ingester {
 
 		storeTimeout: storeTimeout,
 	}
+	maxAccounts, maxIdents := cacheBounds(d.cacheBytes, workers)
 	for range workers {
 		p := &partition{
+			maxAccounts: maxAccounts, maxIdents: maxIdents,
 			ing: ing, in: make(chan *ingestItem, partitionQueue),
 			resolved: make(chan *identInfo, partitionQueue),
-			idents:   newIdentCache(), accounts: newAccountCache(),
+			idents:   newIdentCache(maxIdents), accounts: newAccountCache(),
 			pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
 			rechecked: make(chan statusResult, statusCheckWorkers), checked: newCheckedCache(),
 		}
@@ -195,15 +233,15 @@ func newIngester(d ingestDeps) *Ingester {
 	return ing
 }
 
-// newIdentCache is a partition's identity cache: identityCacheSize
-// entries, least recently used evicted.
-func newIdentCache() *simplelru.LRU[string, *identInfo] {
-	c, _ := simplelru.NewLRU[string, *identInfo](identityCacheSize, nil) // errs only for size <= 0
+// newIdentCache is a partition's identity cache: size entries (its share
+// of RELAY_CACHE_MB), least recently used evicted.
+func newIdentCache(size int) *simplelru.LRU[string, *identInfo] {
+	c, _ := simplelru.NewLRU[string, *identInfo](max(size, 1), nil) // errs only for size <= 0
 	return c
 }
 
 // newAccountCache is a partition's account cache, in LRU order; its bound
-// (accountCacheSize) is kept by cacheAccount, which never evicts an
+// (accountBound) is kept by cacheAccount, which never evicts an
 // account with events in flight.
 func newAccountCache() *simplelru.LRU[string, *accountState] {
 	c, _ := simplelru.NewLRU[string, *accountState](math.MaxInt, nil)
@@ -457,7 +495,7 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 const cacheEvictTries = 16
 
 func (p *partition) cacheAccount(st *accountState) {
-	if p.accounts.Len() >= accountCacheSize {
+	if p.accounts.Len() >= p.accountBound() {
 		for range cacheEvictTries {
 			k, old, _ := p.accounts.GetOldest()
 			if old.inflight.Load() == 0 {

@@ -123,7 +123,7 @@ func benchmarkProcessCommit(b *testing.B) {
 	// A partition of the benchmark's own: process runs on this goroutine
 	// and owns the partition's maps, as a worker would.
 	p := &partition{
-		ing: r.ing, idents: newIdentCache(), accounts: newAccountCache(),
+		ing: r.ing, idents: newIdentCache(identityCacheSize), accounts: newAccountCache(),
 		pending: map[string][]*ingestItem{}, unsent: map[string]bool{}, stalled: map[string]bool{},
 	}
 	for _, a := range accts {

@@ -107,7 +107,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		return nil, fmt.Errorf("recover derived state from the event log: %w", err)
 	}
 	r.derived = newDerivedState(rec.seq)
-	r.ring = NewRing(cfg.RingSize, DefaultRingMaxBytes)
+	r.ring = NewRing(cfg.RingSize, cfg.RingBytes)
 	if err := r.openCollections(); err != nil {
 		r.store.Close()
 		r.log.Close()
@@ -135,7 +135,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 		hostByID: func(id uint64) *hostConn { return r.hosts.byID(id) },
 		checker:  newStatusChecker(loop.NewHTTPClient(cfg.AllowInsecureHosts, statusCheckTimeout), logger.With("component", "recheck")),
 		metrics:  r.metrics, logger: logger.With("component", "ingest"),
-		lenient: cfg.LenientSyncValidation, enforceInversion: cfg.InversionEnforced, workers: cfg.FrameWorkers,
+		lenient: cfg.LenientSyncValidation, enforceInversion: cfg.InversionEnforced, workers: cfg.FrameWorkers, cacheBytes: cfg.CacheBytes,
 	})
 	r.hosts = newHostManager(hostDeps{
 		store: r.store, engine: r.engine, ing: r.ing, bans: &r.bans,

@@ -18,6 +18,13 @@ type ringEntry struct {
 // (RingSize) and by bytes (maxBytes); when either is exceeded the oldest
 // entries are evicted and consumers that still need them read the event log.
 //
+// Within those bounds it keeps only what a consumer still needs: past
+// floorBytes, entries older than the retain hook's seq (the position of
+// the furthest-behind consumer that reads from the ring) are evicted, so
+// frames every live consumer has been sent are not duplicated in memory
+// (the page cache holds them for late readers). Consumers that lag keep
+// their frames in the ring, up to maxBytes.
+//
 // One writer (the sequencer) publishes; any number of loops read without
 // locks: a reader loads a slot and checks that it holds the seq it wants.
 type Ring struct {
@@ -30,11 +37,21 @@ type Ring struct {
 
 	mu    sync.Mutex // writer side: bytes accounting and eviction
 	bytes int64
+
+	// floorBytes: the ring keeps at least this much of the tip, needed or
+	// not (a consumer that connects near the head is served from memory).
+	floorBytes int64
+	// retain, when set, returns the lowest seq a ring reader still needs
+	// (head+1 when none does). Set once before the first Publish.
+	retain func() int64
 }
 
-// DefaultRingMaxBytes bounds the memory held by the ring whatever the frame
-// sizes (a burst of 5 MB frames must not pin gigabytes).
-const DefaultRingMaxBytes = 256 << 20
+// ringFloorBytes is the tip kept whatever consumers need: ~750 frames of
+// ~2.7 KB, 0.4 s at 2,000 ev/s.
+const ringFloorBytes = 2 << 20
+
+// DefaultRingMaxBytes is the byte bound of a ring made with maxBytes <= 0.
+const DefaultRingMaxBytes = DefaultRingBytes
 
 // NewRing returns a ring of at least size slots (rounded up to a power of
 // two), holding at most maxBytes of frames.
@@ -46,8 +63,12 @@ func NewRing(size int, maxBytes int64) *Ring {
 	if maxBytes <= 0 {
 		maxBytes = DefaultRingMaxBytes
 	}
-	return &Ring{slots: make([]atomic.Pointer[ringEntry], n), mask: int64(n - 1), maxBytes: maxBytes}
+	return &Ring{slots: make([]atomic.Pointer[ringEntry], n), mask: int64(n - 1), maxBytes: maxBytes, floorBytes: min(ringFloorBytes, maxBytes)}
 }
+
+// SetRetain installs the hook that tells Publish which entries a reader
+// still needs (see Ring). Call it before the first Publish.
+func (r *Ring) SetRetain(fn func() int64) { r.retain = fn }
 
 // Reset sets the head for an empty ring (at start, after the log's last seq).
 func (r *Ring) Reset(head int64) {
@@ -83,6 +104,10 @@ func (r *Ring) Publish(entries []*ringEntry) {
 	if len(entries) == 0 {
 		return
 	}
+	needFrom := int64(-1) // lowest seq a reader needs; -1: keep up to maxBytes
+	if r.retain != nil {
+		needFrom = r.retain()
+	}
 	r.mu.Lock()
 	n := int64(len(r.slots))
 	for _, e := range entries {
@@ -97,7 +122,7 @@ func (r *Ring) Publish(entries []*ringEntry) {
 		}
 	}
 	last := entries[len(entries)-1].seq
-	for r.bytes > r.maxBytes {
+	for r.bytes > r.maxBytes || (r.bytes > r.floorBytes && needFrom >= 0 && r.oldest.Load() < needFrom) {
 		o := r.oldest.Load()
 		if o >= last {
 			break // always keep the newest entry

@@ -5,12 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
 	"github.com/bluesky-social/indigo/atproto/atcrypto"
 	"github.com/bluesky-social/indigo/atproto/repo"
+	"github.com/bluesky-social/indigo/atproto/repo/mst"
 	"github.com/bluesky-social/indigo/atproto/syntax"
+	"github.com/ipfs/go-cid"
+	"github.com/ipld/go-car"
 )
 
 // Protocol limits enforced on every event (the reference relay's values).
@@ -110,6 +114,11 @@ func loadSignedCommit(ctx context.Context, blocks []byte, did, rev string, key a
 
 // Commit validates a #commit. prev is the stored repo state (nil when the
 // relay has none for the account).
+//
+// The CAR is parsed once (commitCAR): the signature, the structure and the
+// MST inversion all run over the same decoded blocks. The checks and their
+// drop reasons are those of repo.LoadCommitFromCAR followed by
+// repo.VerifyCommitMessage (TestCommitMatchesIndigo compares them).
 func (v *validator) Commit(ctx context.Context, evt *comatproto.SyncSubscribeRepos_Commit, key atcrypto.PublicKey, prev *repoHead) (*verified, error) {
 	if len(evt.Blocks) > MaxBlocksBytes {
 		return nil, reject("blocks_too_big", "blocks are %d bytes, limit %d", len(evt.Blocks), MaxBlocksBytes)
@@ -141,19 +150,23 @@ func (v *validator) Commit(ctx context.Context, evt *comatproto.SyncSubscribeRep
 	if _, err := syntax.ParseDatetime(evt.Time); err != nil {
 		return nil, reject("invalid_commit", "time syntax: %w", err)
 	}
-	commit, commitCID, err := loadSignedCommit(ctx, evt.Blocks, evt.Repo, evt.Rev, key)
+	car, err := readCommitCAR(ctx, evt.Blocks)
 	if err != nil {
+		return nil, reject("invalid_commit", "load commit from CAR: %w", err)
+	}
+	commit := &car.commit
+	if err := checkSignedCommit(commit, evt.Repo, evt.Rev, key); err != nil {
 		return nil, err
 	}
-	out := &verified{rev: evt.Rev, commitCID: commitCID, dataCID: commit.Data.String()}
+	out := &verified{rev: evt.Rev, commitCID: car.commitCID.String(), dataCID: commit.Data.String()}
 	if evt.PrevData != nil {
 		if prev != nil && prev.dataCID != "" && evt.PrevData.String() != prev.dataCID {
 			out.prevDataMismatch = true
 		}
-		// VerifyCommitMessage checks the op CIDs against the MST in the
-		// blocks and inverts the ops back to prevData. It is skipped when
-		// prevData is null (nothing to invert to; it would only log).
-		if _, err := repo.VerifyCommitMessage(ctx, evt); err != nil {
+		// The op CIDs must be in the MST of the blocks, and inverting the
+		// ops must lead back to prevData. Skipped when prevData is null
+		// (nothing to invert to).
+		if err := car.invert(ctx, evt); err != nil {
 			if v.enforceInversion {
 				return nil, reject("inversion_failed", "MST inversion: %w", err)
 			}
@@ -161,6 +174,169 @@ func (v *validator) Commit(ctx context.Context, evt *comatproto.SyncSubscribeRep
 		}
 	}
 	return out, nil
+}
+
+// commitCAR is a #commit's CAR, parsed once: every block (hash-checked by
+// go-car), the root commit CID and the decoded commit object.
+type commitCAR struct {
+	blocks    *repo.TinyBlockstore
+	commitCID cid.Cid
+	commit    repo.Commit
+	// tailErr is a CAR error met after the commit block: the signature
+	// check does not need those blocks (repo.LoadCommitFromCAR stops at the
+	// commit), the inversion does and fails with it.
+	tailErr error
+}
+
+// readCommitCAR parses blocks with go-car, keeps every block and decodes
+// and structure-checks the commit object named by the CAR root.
+func readCommitCAR(ctx context.Context, blocks []byte) (*commitCAR, error) {
+	cr, err := car.NewCarReader(bytes.NewReader(blocks))
+	if err != nil {
+		return nil, err
+	}
+	if cr.Header.Version != 1 {
+		return nil, fmt.Errorf("unsupported CAR file version: %d", cr.Header.Version)
+	}
+	if len(cr.Header.Roots) < 1 {
+		return nil, repo.ErrNoRoot
+	}
+	out := &commitCAR{blocks: repo.NewTinyBlockstore(), commitCID: cr.Header.Roots[0]}
+	var commitBlock []byte
+	for {
+		blk, err := cr.Next()
+		if err != nil {
+			if err == io.EOF {
+				break
+			}
+			if commitBlock == nil {
+				return nil, err
+			}
+			out.tailErr = err
+			break
+		}
+		if commitBlock == nil && blk.Cid().Equals(out.commitCID) {
+			commitBlock = blk.RawData()
+		}
+		if err := out.blocks.Put(ctx, blk); err != nil {
+			return nil, err
+		}
+	}
+	if commitBlock == nil {
+		return nil, repo.ErrNoCommit
+	}
+	if err := out.commit.UnmarshalCBOR(bytes.NewReader(commitBlock)); err != nil {
+		return nil, fmt.Errorf("parsing commit block from CAR file: %w", err)
+	}
+	if err := out.commit.VerifyStructure(); err != nil {
+		return nil, fmt.Errorf("parsing commit block from CAR file: %w", err)
+	}
+	return out, nil
+}
+
+// invert checks the message's ops against the MST in the CAR and inverts
+// them, which must yield prevData: the checks of repo.VerifyCommitMessage
+// after its CAR load, over the blocks already parsed. The tree is loaded
+// for this call only, so it is inverted in place (no copy).
+func (c *commitCAR) invert(ctx context.Context, msg *comatproto.SyncSubscribeRepos_Commit) error {
+	if c.tailErr != nil {
+		return c.tailErr
+	}
+	tree, err := mst.LoadTreeFromStore(ctx, c.blocks, c.commit.Data)
+	if err != nil {
+		return fmt.Errorf("reading MST from CAR file: %w", err)
+	}
+	for _, op := range msg.Ops {
+		if (op.Action == "create" || op.Action == "update") && op.Cid != nil {
+			if _, _, err := syntax.ParseRepoPath(op.Path); err != nil {
+				return fmt.Errorf("invalid repo path in ops list: %w", err)
+			}
+			val, err := tree.Get([]byte(op.Path))
+			if err != nil {
+				return err
+			}
+			if val == nil {
+				return repo.ErrNotFound
+			}
+			// The record block itself must be in the CAR.
+			if _, err := c.blocks.Get(ctx, *val); err != nil {
+				return err
+			}
+			if cid.Cid(*op.Cid) != *val {
+				return fmt.Errorf("record op doesn't match MST tree value")
+			}
+		}
+	}
+	for _, o := range msg.Ops {
+		if (o.Action == "delete" || o.Action == "update") && o.Prev == nil {
+			// A legacy op cannot be inverted: repo.VerifyCommitMessage
+			// accepts the commit without the root check.
+			return nil
+		}
+	}
+	ops, err := commitOps(msg.Ops)
+	if err != nil {
+		return err
+	}
+	if ops, err = repo.NormalizeOps(ops); err != nil {
+		return err
+	}
+	for i := range ops {
+		if err := repo.InvertOp(tree, &ops[i]); err != nil {
+			return err
+		}
+	}
+	computed, err := tree.RootCID()
+	if err != nil {
+		return err
+	}
+	if *computed != cid.Cid(*msg.PrevData) {
+		return fmt.Errorf("inverted tree root didn't match prevData")
+	}
+	return nil
+}
+
+// commitOps converts firehose ops to repo operations, with the shape rules
+// of indigo's (unexported) parseCommitOps.
+func commitOps(in []*comatproto.SyncSubscribeRepos_RepoOp) ([]repo.Operation, error) {
+	out := make([]repo.Operation, 0, len(in))
+	for _, rop := range in {
+		switch rop.Action {
+		case "create":
+			if rop.Cid == nil || rop.Prev != nil {
+				return nil, fmt.Errorf("invalid repoOp: create")
+			}
+			out = append(out, repo.Operation{Path: rop.Path, Value: (*cid.Cid)(rop.Cid)})
+		case "delete":
+			if rop.Cid != nil || rop.Prev == nil {
+				return nil, fmt.Errorf("invalid repoOp: delete")
+			}
+			out = append(out, repo.Operation{Path: rop.Path, Prev: (*cid.Cid)(rop.Prev)})
+		case "update":
+			if rop.Cid == nil || rop.Prev == nil {
+				return nil, fmt.Errorf("invalid repoOp: update")
+			}
+			out = append(out, repo.Operation{Path: rop.Path, Prev: (*cid.Cid)(rop.Prev), Value: (*cid.Cid)(rop.Cid)})
+		default:
+			return nil, fmt.Errorf("invalid repoOp action: %s", rop.Action)
+		}
+	}
+	return out, nil
+}
+
+// checkSignedCommit checks that a decoded commit belongs to did at rev and
+// that its signature verifies with key.
+func checkSignedCommit(commit *repo.Commit, did, rev string, key atcrypto.PublicKey) error {
+	if commit.DID != did {
+		return reject("invalid_commit", "commit DID %s does not match event %s", commit.DID, did)
+	}
+	if commit.Rev != rev {
+		return reject("invalid_commit", "commit rev %s does not match event %s", commit.Rev, rev)
+	}
+	if err := commit.VerifySignature(key); err != nil {
+		return &rejection{reason: "bad_signature", err: fmt.Errorf("%w: %w", ErrBadSignature, err)}
+	}
+	return nil
 }
 
 // Sync validates a #sync: size, signature, DID and rev.

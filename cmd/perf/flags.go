@@ -33,6 +33,7 @@ type options struct {
 	replay     bool
 	replayOnly int64 // > 0: only replay an external relay's log up to this seq
 	smoke      bool
+	soak       bool
 	drain      time.Duration
 	warmupWait time.Duration
 	connectMax time.Duration
@@ -129,6 +130,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.replay, "replay", true, "after the run, time one consumer replaying the log from cursor 0")
 	fs.Int64Var(&o.replayOnly, "replay-only", 0, "only time one consumer replaying an external relay's log from cursor 0 up to this seq (needs -target-firehose)")
 	fs.BoolVar(&o.smoke, "smoke", false, "a few seconds with faults; exit 1 unless zero gaps, zero duplicates, everything delivered, no fault delivered and the report written")
+	fs.BoolVar(&o.soak, "soak", false, "10-minute soak: 2,000 ev/s to 200 consumers (flags given explicitly win); RSS, heap and goroutines sampled every second, exit 1 unless they stay flat and every event is delivered")
 	fs.DurationVar(&o.drain, "drain", perf.DefaultDrain, "give up draining after this long without delivery progress")
 	fs.DurationVar(&o.warmupWait, "warmup-timeout", perf.DefaultWarmupTimeout, "how long the one-commit-per-account warmup may take")
 	fs.DurationVar(&o.connectMax, "connect-timeout", perf.DefaultConnectTimeout, "how long the target may take to subscribe to every host")
@@ -153,10 +155,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%w: unexpected arguments %q", ErrFlags, fs.Args())
 	}
-	if o.smoke {
+	var preset map[string]string
+	switch {
+	case o.smoke:
+		preset = smokeDefaults
+	case o.soak:
+		preset = soakDefaults
+	}
+	if preset != nil {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range smokeDefaults {
+		for name, v := range preset {
 			if !set[name] {
 				if err := fs.Set(name, v); err != nil {
 					return nil, err
@@ -191,6 +200,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("%w: -replay-only needs -target-firehose, and excludes -smoke and -idle", ErrFlags)
 	case o.smoke && o.idle:
 		return fmt.Errorf("%w: -smoke and -idle exclude each other", ErrFlags)
+	case o.soak && (o.smoke || o.idle || o.replayOnly > 0):
+		return fmt.Errorf("%w: -soak excludes -smoke, -idle and -replay-only", ErrFlags)
 	}
 	if _, err := o.loadProfile(); err != nil {
 		return err

@@ -5,6 +5,7 @@
 //
 //	go run ./cmd/perf                 # ~60 s demo against an in-process relay
 //	go run ./cmd/perf -smoke          # a few seconds; exit 1 on gaps, duplicates or missing files
+//	go run ./cmd/perf -soak           # 10 minutes, 2,000 ev/s, 200 consumers; exit 1 unless RSS, heap, goroutines stay flat
 //	go run ./cmd/perf -hosts 100 -accounts 100 -rate 2000 -consumers 200
 //	go run ./cmd/perf -target-crawl http://127.0.0.1:3000/xrpc/com.atproto.sync.requestCrawl \
 //	    -target-firehose ws://127.0.0.1:3000/xrpc/com.atproto.sync.subscribeRepos \
@@ -70,6 +71,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return exitFailed
 		}
 		fmt.Fprintln(stdout, "smoke: ok")
+	}
+	if opts.soak {
+		if problems := soakReport(res, opts.out, stdout); len(problems) > 0 {
+			for _, p := range problems {
+				fmt.Fprintln(stderr, "perf: soak:", p)
+			}
+			return exitFailed
+		}
+		fmt.Fprintln(stdout, "soak: ok")
 	}
 	return exitOK
 }

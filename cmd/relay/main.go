@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,6 +27,9 @@ import (
 
 // shutdownTimeout bounds a graceful shutdown after SIGTERM or SIGINT.
 const shutdownTimeout = 30 * time.Second
+
+// relayGCPercent is the GC target used when GOGC is not set.
+const relayGCPercent = 50
 
 func main() {
 	if len(os.Args) >= 2 && os.Args[1] == "admin" {
@@ -50,6 +54,14 @@ func main() {
 }
 
 func run(cfg relay.Config, logger *slog.Logger) error {
+	startPprof(logger)
+	if os.Getenv("GOGC") == "" {
+		// The live heap is small (~15-20 MB at 2,000 ev/s) and most
+		// allocation is short-lived validation garbage: collecting at 50%
+		// growth instead of 100% keeps RSS ~10-15 MB lower for ~1% of a
+		// core. GOGC and GOMEMLIMIT override it.
+		debug.SetGCPercent(relayGCPercent)
+	}
 	r, err := relay.New(cfg, logger)
 	if err != nil {
 		return err
@@ -138,7 +150,9 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	integer(&cfg.FrameWorkers, "frame-workers", "FRAME_WORKERS", "validation workers")
 	boolean(&cfg.LenientSyncValidation, "lenient-sync-validation", "RELAY_LENIENT_SYNC_VALIDATION", "accept pre-sync-1.1 commits without prevData")
 	integer(&cfg.EventLoops, "event-loops", "RELAY_EVENT_LOOPS", "gnet event loops")
-	integer(&cfg.RingSize, "ring-size", "RELAY_RING_SIZE", "recent frames kept in memory")
+	integer(&cfg.RingSize, "ring-size", "RELAY_RING_SIZE", "most recent frames kept in memory for fan-out")
+	ringBytes := int(cfg.RingBytes)
+	integer(&ringBytes, "ring-bytes", "RELAY_RING_BYTES", "bytes of recent frames kept in memory for fan-out (consumers behind read the event log)")
 	maxLag := int(cfg.ConsumerMaxLag)
 	integer(&maxLag, "consumer-max-lag", "RELAY_CONSUMER_MAX_LAG", "events a live consumer may lag before ConsumerTooSlow")
 	integer(&cfg.MaxConsumers, "max-consumers", "RELAY_MAX_CONSUMERS", "firehose connections served at once (0: no limit)")
@@ -148,6 +162,8 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	boolean(&cfg.InversionEnforced, "enforce-inversion", "RELAY_ENFORCE_INVERSION", "drop commits whose MST inversion fails (false: count them only)")
 	str(&cfg.CollectionsBackfillFrom, "collections-backfill-from", "RELAY_COLLECTIONS_BACKFILL_FROM", "source relay for the collection index backfill; none disables")
 	str(&cfg.CollectionsBackfillCollections, "collections-backfill-collections", "RELAY_COLLECTIONS_BACKFILL_COLLECTIONS", "comma-separated collections to backfill at the first start")
+	cacheMB := int(cfg.CacheBytes >> 20)
+	integer(&cacheMB, "cache-mb", "RELAY_CACHE_MB", "MiB for the account and identity caches (about 400 bytes per account, 512 per identity)")
 	logLevel := "info"
 	str(&logLevel, "log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -160,6 +176,8 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	cfg.MaxEventsBytes = int64(maxGB) << 30
 	cfg.ConsumerMaxLag = int64(maxLag)
 	cfg.DiscoveryInterval = time.Duration(discoveryMinutes) * time.Minute
+	cfg.RingBytes = int64(ringBytes)
+	cfg.CacheBytes = int64(cacheMB) << 20
 	if strings.EqualFold(cfg.Upstream, "none") {
 		cfg.Upstream = ""
 	}
