@@ -637,6 +637,15 @@ func (p *partition) process(it *ingestItem, info *identInfo) {
 		}
 		// The status is derived state of this event: it reaches the
 		// store with the event's checkpoint, never ahead of the log.
+		// An account deleted at its PDS no longer counts against the
+		// host's account limit (the store moves its count with the same
+		// checkpoint).
+		switch meta.DeletionDelta(meta.DefaultAccountStatus(st.acct.UpstreamStatus), up) {
+		case -1:
+			it.host.accountRemoved()
+		case 1:
+			it.host.accountCreated()
+		}
 		st.acct.UpstreamStatus = up
 		change := &meta.StatusChange{UID: st.acct.UID, Status: st.acct.Status, UpstreamStatus: up}
 		p.accept(it, st, KindAccount, accountFrame(&st.acct, it.account.Time), nil, change)

@@ -237,3 +237,34 @@ func TestMissedAccountEventRechecked(t *testing.T) {
 		t.Fatalf("fixed re-checks %d, want 1", n)
 	}
 }
+
+// An account deleted at its PDS no longer counts against the host's
+// account limit: the next new account is not throttled.
+func TestDeletedAccountFreesItsSlot(t *testing.T) {
+	n := startTestNet(t, 1, func(c *Config) { c.TrustedDomains = ""; c.DefaultAccountLimit = 1 })
+	p := n.hosts[0]
+	n.crawl(t, p)
+	c := dialConsumer(t, n.r.Addr(), "")
+	first, err := perf.NewAccount(perf.K256, "gone.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emitCommit(t, first, p, 1)
+	p.Emit(perf.Event{Account: first.AccountEvent(false, "deleted")})
+	collectEvents(t, c, 2, 10*time.Second)
+	if got := hostRecord(t, n.r, p.Host()).AccountCount; got != 0 {
+		t.Fatalf("account count after the deletion %d, want 0", got)
+	}
+	second, err := perf.NewAccount(perf.K256, "next.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := emitCommit(t, second, p, 1)
+	if e := collectEvents(t, c, 1, 10*time.Second)[0]; e.did != second.DID || e.rev != rev {
+		t.Fatalf("the next account's commit: %v (throttled?)", e)
+	}
+	waitUntil(t, 5*time.Second, "stored count", func() bool {
+		h, err := n.r.store.GetHostByName(t.Context(), p.Host())
+		return err == nil && h.AccountCount == 1
+	})
+}

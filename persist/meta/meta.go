@@ -127,6 +127,20 @@ type StatusChange struct {
 	UpstreamStatus AccountStatus
 }
 
+// DeletionDelta is the change to a host's AccountCount when an account's
+// upstream status goes from old to new: an account deleted at its PDS no
+// longer counts against the host's account limit, and counts again if it
+// comes back.
+func DeletionDelta(old, new AccountStatus) int64 {
+	switch {
+	case old != AccountDeleted && new == AccountDeleted:
+		return -1
+	case old == AccountDeleted && new != AccountDeleted:
+		return 1
+	}
+	return 0
+}
+
 // LastStatuses returns the last change of each UID in changes, in the
 // order of first appearance.
 func LastStatuses(changes []StatusChange) []StatusChange {
@@ -208,7 +222,9 @@ type Store interface {
 	// UID appears more than once, the last entry wins.
 	PutRepoStates(ctx context.Context, states []RepoState) error
 
-	// WriteCheckpoint applies cp's repo heads, statuses and cursors and
+	// WriteCheckpoint applies cp's repo heads, statuses and cursors (a
+	// status change to or from upstream "deleted" also moves the host's
+	// AccountCount, see DeletionDelta) and
 	// records cp.Seq and cp.Resume, all in one atomic, durable write:
 	// after a crash either all of it is stored or none. Unknown UIDs and
 	// host IDs are skipped. When a UID appears more than once, the last

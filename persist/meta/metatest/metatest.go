@@ -816,8 +816,31 @@ func testCheckpoint(t *testing.T, s meta.Store) {
 		t.Fatalf("account b = %+v, %v", gb, err)
 	}
 	gh, err := s.GetHost(ctx(t), h.ID)
-	if err != nil || gh.Cursor != 1234 || gh.AccountCount != 2 {
+	// a ended deleted upstream: it no longer counts against the host.
+	if err != nil || gh.Cursor != 1234 || gh.AccountCount != 1 {
 		t.Fatalf("host = %+v, %v", gh, err)
+	}
+	// An account deleted upstream stops counting against its host, and
+	// counts again when it comes back.
+	del := &meta.Checkpoint{Seq: 45, Statuses: []meta.StatusChange{{UID: b.UID, Status: meta.AccountTakendown, UpstreamStatus: meta.AccountDeleted}}}
+	if err := s.WriteCheckpoint(ctx(t), del); err != nil {
+		t.Fatal(err)
+	}
+	if n := hostCount(t, s, h.ID); n != 0 {
+		t.Fatalf("host count after a deletion %d, want 0", n)
+	}
+	if err := s.WriteCheckpoint(ctx(t), del); err != nil { // the same again: no change
+		t.Fatal(err)
+	}
+	if n := hostCount(t, s, h.ID); n != 0 {
+		t.Fatalf("host count after a repeated deletion %d, want 0", n)
+	}
+	back := &meta.Checkpoint{Seq: 46, Statuses: []meta.StatusChange{{UID: b.UID, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}}}
+	if err := s.WriteCheckpoint(ctx(t), back); err != nil {
+		t.Fatal(err)
+	}
+	if n := hostCount(t, s, h.ID); n != 1 {
+		t.Fatalf("host count after the account came back %d, want 1", n)
 	}
 	// A later checkpoint with nothing but a seq replaces seq and resume.
 	if err := s.WriteCheckpoint(ctx(t), &meta.Checkpoint{Seq: 50}); err != nil {

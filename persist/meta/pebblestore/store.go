@@ -652,6 +652,7 @@ func (s *Store) WriteCheckpoint(_ context.Context, cp *meta.Checkpoint) error {
 	b.Set(keyCheckpoint, val, nil)
 
 	s.mu.Lock()
+	deltas := map[uint64]int64{} // host ID -> AccountCount change (deletions)
 	for _, c := range meta.LastStatuses(cp.Statuses) {
 		rec, err := s.getAccount(c.UID)
 		if errors.Is(err, meta.ErrNotFound) {
@@ -662,10 +663,29 @@ func (s *Store) WriteCheckpoint(_ context.Context, cp *meta.Checkpoint) error {
 			b.Close()
 			return err
 		}
+		up := meta.DefaultAccountStatus(c.UpstreamStatus)
+		deltas[rec.HostID] += meta.DeletionDelta(rec.UpstreamStatus, up)
 		rec.Status = meta.DefaultAccountStatus(c.Status)
-		rec.UpstreamStatus = meta.DefaultAccountStatus(c.UpstreamStatus)
+		rec.UpstreamStatus = up
 		s.scratch = encodeAccount(s.scratch[:0], rec)
 		b.Set(idKey(prefixAccount, c.UID), s.scratch, nil)
+	}
+	for id, d := range deltas {
+		if d == 0 {
+			continue
+		}
+		h, err := s.getHost(id)
+		if errors.Is(err, meta.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			s.mu.Unlock()
+			b.Close()
+			return err
+		}
+		h.AccountCount = max(h.AccountCount+d, 0)
+		s.scratch = encodeHost(s.scratch[:0], h)
+		b.Set(hostKey(id, hostSuffixRecord), s.scratch, nil)
 	}
 	err := s.applyLocked(b)
 	s.mu.Unlock()

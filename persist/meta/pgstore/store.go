@@ -489,8 +489,26 @@ func (s *Store) WriteCheckpoint(ctx context.Context, cp *meta.Checkpoint) error 
 				up = append(up, string(meta.DefaultAccountStatus(c.UpstreamStatus)))
 			}
 		}
-		if _, err := tx.Exec(ctx, `UPDATE account SET status = c.status, upstream_status = c.upstream
-			FROM unnest($1::bigint[], $2::text[], $3::text[]) AS c(uid, status, upstream) WHERE account.uid = c.uid`,
+		// One statement: the old upstream statuses (the CTEs all see the
+		// snapshot before the update) decide each host's AccountCount
+		// change for deletions (meta.DeletionDelta).
+		if _, err := tx.Exec(ctx, `WITH c AS (
+				SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS c(uid, status, upstream)
+			), old AS (
+				SELECT a.uid, a.host_id, a.upstream_status AS old_up, c.status, c.upstream
+				FROM account a JOIN c ON a.uid = c.uid FOR UPDATE OF a
+			), upd AS (
+				UPDATE account SET status = old.status, upstream_status = old.upstream
+				FROM old WHERE account.uid = old.uid
+			), delta AS (
+				SELECT host_id, sum(CASE
+					WHEN old_up <> 'deleted' AND upstream = 'deleted' THEN -1
+					WHEN old_up = 'deleted' AND upstream <> 'deleted' THEN 1
+					ELSE 0 END) AS d
+				FROM old GROUP BY host_id
+			)
+			UPDATE host SET account_count = GREATEST(account_count + delta.d, 0)
+			FROM delta WHERE host.id = delta.host_id AND delta.d <> 0`,
 			uids, st, up); err != nil {
 			return fmt.Errorf("pgstore: checkpoint statuses: %w", err)
 		}
