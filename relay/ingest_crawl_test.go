@@ -99,8 +99,9 @@ func TestRequestCrawlProductionRefusesWithoutDialing(t *testing.T) {
 }
 
 // The relay-loop guard: a host whose responses say Server: atproto-relay
-// is refused by requestCrawl, and a known host that starts answering so
-// is banned when the relay redials it.
+// is refused by requestCrawl, a known host that starts answering so is
+// banned when the relay redials it, or removed if it never relayed
+// anything.
 func TestRequestCrawlRefusesRelays(t *testing.T) {
 	n := startTestNetHooked(t, 1, nil, func(r *Relay) {
 		r.hosts.backoff = func(int) time.Duration { return 50 * time.Millisecond }
@@ -117,9 +118,16 @@ func TestRequestCrawlRefusesRelays(t *testing.T) {
 		t.Fatal("a relay was added or subscribed to")
 	}
 
-	// A PDS that is crawled, goes away, and comes back as a relay.
+	// A PDS that is crawled, relays something, goes away, and comes back
+	// as a relay: banned (its record has a cursor and an account).
 	p := n.hosts[0]
+	acct, err := perf.NewAccount(perf.K256, "wasapds.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
 	n.crawl(t, p)
+	emitCommit(t, acct, p, 1)
+	waitUntil(t, 10*time.Second, "its event durable", func() bool { return n.r.hosts.byHostname(p.Host()).tracker.cursor() == 1 })
 	addr := p.Host()
 	p.Close()
 	back, err := perf.StartPDS(perf.PDSOptions{Addr: addr, ServerHeader: "atproto-relay Go"})
@@ -143,6 +151,28 @@ func TestRequestCrawlRefusesRelays(t *testing.T) {
 	}
 	if status, name := crawlResult(t, n.r, addr); status != http.StatusBadRequest || name != lexicon.HostBanned {
 		t.Errorf("requestCrawl of the banned host: %d %q, want 400 HostBanned", status, name)
+	}
+
+	// A host recorded but never relaying anything that turns out to be a
+	// relay: its record is removed, not kept banned.
+	fresh, err := perf.StartPDS(perf.PDSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, fresh)
+	faddr := fresh.Host()
+	fresh.Close()
+	relayNow, err := perf.StartPDS(perf.PDSOptions{Addr: faddr, ServerHeader: "atproto-relay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relayNow.Close)
+	waitUntil(t, 10*time.Second, "relay host removed", func() bool { return n.r.hosts.byHostname(faddr) == nil })
+	if _, err := n.r.store.GetHostByName(context.Background(), faddr); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("removed host still stored: %v", err)
+	}
+	if got := n.r.metrics.hostsRemoved.with("relay").Get(); got != 1 {
+		t.Errorf("relay_hosts_removed_total = %d, want 1", got)
 	}
 }
 

@@ -194,3 +194,40 @@ func (r *Relay) promoteThrottled(ctx context.Context, h *hostConn) (int, error) 
 	})
 	return promoted, err
 }
+
+// refuseRelay handles a recorded host that turns out to be a relay (its
+// Server header): subscribing would loop the network's events back. A
+// host that never relayed anything is removed, so the relay does not keep
+// a row for it; one that did (its accounts, its cursor) is banned.
+func (m *HostManager) refuseRelay(h *hostConn) {
+	info := h.info()
+	if info.AccountCount == 0 && info.Cursor == 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), hostWriteTimeout)
+		err := m.store.DeleteHost(ctx, h.id)
+		cancel()
+		if err == nil {
+			m.untrack(h)
+			m.metrics.hostsRemoved.with("relay").Inc()
+			m.logger.Warn("host is a relay; its record is removed", "host", h.name)
+			return
+		}
+		m.logger.Info("relay host not removed; banning it", "host", h.name, "err", err)
+	}
+	m.logger.Warn("host is a relay; banning to avoid a loop", "host", h.name)
+	m.setStatus(h, meta.HostBanned)
+}
+
+// untrack forgets a removed host.
+func (m *HostManager) untrack(h *hostConn) {
+	h.mu.Lock()
+	h.rec.Status = meta.HostBanned // a late redial timer finds it refused
+	if h.timer != nil {
+		h.timer.Stop()
+		h.timer = nil
+	}
+	h.mu.Unlock()
+	m.mu.Lock()
+	delete(m.hosts, h.id)
+	delete(m.byName, h.name)
+	m.mu.Unlock()
+}

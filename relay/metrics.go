@@ -32,6 +32,7 @@ type Metrics struct {
 	statusRechecks      *counterVec // relay_account_status_rechecks_total{result}
 	discoveryAdded      *metrics.Counter
 	identityBudgetWaits *metrics.Counter
+	hostsRemoved        *counterVec // relay_hosts_removed_total{reason}
 
 	fsyncSeconds    *metrics.Histogram
 	sequenceSeconds *metrics.Histogram
@@ -101,6 +102,7 @@ func NewMetrics() *Metrics {
 		statusRechecks:      newCounterVec(s, `relay_account_status_rechecks_total{result=%q}`, []string{"asked", "fixed", "confirmed", "failed"}),
 		discoveryAdded:      s.NewCounter("relay_discovery_added_total"),
 		identityBudgetWaits: s.NewCounter("relay_identity_budget_waits_total"),
+		hostsRemoved:        newCounterVec(s, `relay_hosts_removed_total{reason=%q}`, []string{"relay"}),
 
 		fsyncSeconds:    s.NewHistogram("relay_eventlog_fsync_seconds"),
 		sequenceSeconds: s.NewHistogram("relay_sequencer_batch_seconds"),

@@ -253,9 +253,8 @@ func (m *HostManager) dial(h *hostConn) {
 		return
 	}
 	if strings.Contains(strings.ToLower(res.ResponseHeader.Get("Server")), relayLoopGuard) {
-		m.logger.Warn("host is a relay; banning to avoid a loop", "host", h.name)
-		m.setStatus(h, meta.HostBanned)
 		_ = res.Conn.Execute(func(c *loop.Conn) { c.Close(ErrHostIsRelay) })
+		m.refuseRelay(h)
 		return
 	}
 	// The connection may already be closed (the host sent an error frame

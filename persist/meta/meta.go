@@ -30,6 +30,8 @@ var (
 	ErrBadLimit = errors.New("meta: list limit out of range")
 	// ErrClosed: the Store was used after Close.
 	ErrClosed = errors.New("meta: store closed")
+	// ErrHostInUse: DeleteHost of a host that has accounts or a cursor.
+	ErrHostInUse = errors.New("meta: host has accounts or a cursor")
 )
 
 // MaxListLimit bounds one page of ListHosts or ListAccounts. A page of
@@ -195,6 +197,10 @@ type Store interface {
 	// Failures of the host h.ID, sets h.UpdatedAt and refreshes
 	// h.AccountCount from the store. ErrNotFound for an unknown ID.
 	UpdateHost(ctx context.Context, h *Host) error
+	// DeleteHost removes a host that never relayed anything (no accounts,
+	// cursor 0): a host recorded but then refused (a relay). ErrNotFound
+	// for an unknown ID, ErrHostInUse otherwise.
+	DeleteHost(ctx context.Context, id uint64) error
 	// UpdateHostCursors sets many hosts' cursors in one durable batch (the
 	// periodic cursor flush). Unknown host IDs are skipped: a flush must not
 	// fail because of one stale entry.

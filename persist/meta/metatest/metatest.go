@@ -39,6 +39,7 @@ func RunWithReopen(t *testing.T, open OpenFunc, reopen ReopenFunc) {
 		{"HostList", testHostList},
 		{"HostUpdate", testHostUpdate},
 		{"HostCursors", testHostCursors},
+		{"HostDelete", testHostDelete},
 		{"AccountCreateGet", testAccountCreateGet},
 		{"AccountList", testAccountList},
 		{"AccountUpdateMove", testAccountUpdateMove},
@@ -852,5 +853,34 @@ func testCheckpoint(t *testing.T, s meta.Store) {
 	}
 	if rs, _ := s.GetRepoState(ctx(t), a.UID); rs == nil || rs.Rev != "r3" {
 		t.Fatalf("repo a changed by an empty checkpoint: %+v", rs)
+	}
+}
+
+func testHostDelete(t *testing.T, s meta.Store) {
+	wantErr(t, "DeleteHost(unknown)", s.DeleteHost(ctx(t), 424242), meta.ErrNotFound)
+	idle := mustHost(t, s, "refused.example.com")
+	used := mustHost(t, s, "used.example.com")
+	mustAccount(t, s, "did:plc:hostdelete", used.ID)
+	cursor := mustHost(t, s, "cursor.example.com")
+	if err := s.UpdateHostCursors(ctx(t), map[uint64]int64{cursor.ID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, "DeleteHost(with an account)", s.DeleteHost(ctx(t), used.ID), meta.ErrHostInUse)
+	wantErr(t, "DeleteHost(with a cursor)", s.DeleteHost(ctx(t), cursor.ID), meta.ErrHostInUse)
+	if err := s.DeleteHost(ctx(t), idle.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.GetHost(ctx(t), idle.ID)
+	wantErr(t, "GetHost(deleted)", err, meta.ErrNotFound)
+	_, err = s.GetHostByName(ctx(t), "refused.example.com")
+	wantErr(t, "GetHostByName(deleted)", err, meta.ErrNotFound)
+	hosts, err := s.ListHosts(ctx(t), 0, 100)
+	if err != nil || len(hosts) != 2 {
+		t.Fatalf("ListHosts after a delete: %d hosts, %v", len(hosts), err)
+	}
+	// The name can be used again.
+	again := mustHost(t, s, "refused.example.com")
+	if again.ID == idle.ID {
+		t.Fatalf("a deleted host's ID %d was reused", again.ID)
 	}
 }

@@ -718,3 +718,44 @@ func (s *Store) ReadCheckpoint(_ context.Context) (int64, []byte, error) {
 	}
 	return seq, resume, err
 }
+
+// DeleteHost implements meta.Store: record, cursor and name index in one
+// batch.
+func (s *Store) DeleteHost(_ context.Context, id uint64) error {
+	if s.closed.Load() {
+		return meta.ErrClosed
+	}
+	s.mu.Lock()
+	h, err := s.getHost(id)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	var cursor uint64
+	if cerr := s.get(hostKey(id, hostSuffixCursor), func(v []byte) error {
+		if len(v) == 8 {
+			cursor = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	}); cerr != nil && !errors.Is(cerr, meta.ErrNotFound) {
+		s.mu.Unlock()
+		return cerr
+	}
+	if h.AccountCount > 0 || cursor > 0 {
+		s.mu.Unlock()
+		return meta.ErrHostInUse
+	}
+	b := s.db.NewBatch()
+	b.Delete(hostKey(id, hostSuffixRecord), nil)
+	b.Delete(hostKey(id, hostSuffixCursor), nil)
+	b.Delete(stringKey(prefixHostName, h.Hostname), nil)
+	err = s.applyLocked(b)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.syncWAL()
+	}
+	if err != nil {
+		return fmt.Errorf("pebblestore: delete host: %w", err)
+	}
+	return nil
+}

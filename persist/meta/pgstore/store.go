@@ -557,3 +557,29 @@ func (s *Store) ReadCheckpoint(ctx context.Context) (int64, []byte, error) {
 	}
 	return seq, resume, nil
 }
+
+// DeleteHost implements meta.Store; accounts are checked by the foreign
+// key's table, not only by the count.
+func (s *Store) DeleteHost(ctx context.Context, id uint64) error {
+	if s.closed.Load() {
+		return meta.ErrClosed
+	}
+	if !validID(id) {
+		return meta.ErrNotFound
+	}
+	var found, deleted bool
+	err := s.pool.QueryRow(ctx, `WITH h AS (SELECT id FROM host WHERE id = $1), del AS (
+			DELETE FROM host WHERE id = $1 AND account_count = 0 AND last_seq = 0
+				AND NOT EXISTS (SELECT 1 FROM account WHERE host_id = $1)
+			RETURNING id
+		) SELECT EXISTS (SELECT 1 FROM h), EXISTS (SELECT 1 FROM del)`, int64(id)).Scan(&found, &deleted)
+	switch {
+	case err != nil:
+		return fmt.Errorf("pgstore: delete host: %w", err)
+	case !found:
+		return meta.ErrNotFound
+	case !deleted:
+		return meta.ErrHostInUse
+	}
+	return nil
+}
