@@ -85,6 +85,11 @@ type Config struct {
 	// SiblingRelays (RELAY_SIBLING_RELAYS, comma-separated) get a copy of
 	// every requestCrawl this relay accepts (not of forwarded ones).
 	SiblingRelays string
+	// MaxCursorAge (RELAY_MAX_CURSOR_AGE_HOURS): a host's cursor older than
+	// this (the host was offline, or the relay down, that long) is not
+	// replayed from: the host resumes live and its accounts are resynced.
+	// 0 disables.
+	MaxCursorAge time.Duration
 	// SegmentEvents is the number of events per event log segment (0: the
 	// event log's default). Small values make retention finer-grained.
 	SegmentEvents int
@@ -119,6 +124,7 @@ const (
 	DefaultIngestStallTimeout  = 5 * time.Minute
 	DefaultNewHostsPerDay      = 50
 	DefaultAccountLimit        = 100
+	DefaultMaxCursorAge        = 24 * time.Hour
 	DefaultCacheBytes          = 256 << 20 // ~335,000 accounts and ~262,000 identities
 )
 
@@ -145,6 +151,7 @@ func DefaultConfig() Config {
 		DefaultAccountLimit: DefaultAccountLimit,
 		InversionEnforced:   true,
 		DiscoveryInterval:   DefaultDiscoveryInterval,
+		MaxCursorAge:        DefaultMaxCursorAge,
 		CacheBytes:          DefaultCacheBytes,
 	}
 }

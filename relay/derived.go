@@ -328,11 +328,13 @@ type resumeSource interface {
 	resumePoints() map[uint64]hostResume
 }
 
-// encodeResume encodes the resume detail the store keeps opaque: hosts
+// encodeResume encodes the resume detail the store keeps opaque: when it
+// was taken (unix seconds; a restart long after it means every host's
+// cursor is old, see maxCursorAge), then the hosts
 // whose resume point is more than a cursor (durable seqs above it, or a
 // known cursor of 0).
-func encodeResume(points map[uint64]hostResume) []byte {
-	var b []byte
+func encodeResume(points map[uint64]hostResume, at time.Time) []byte {
+	b := binary.AppendUvarint(nil, uint64(max(at.Unix(), 0)))
 	n := 0
 	for _, p := range points {
 		if len(p.done) > 0 || (p.known && p.cursor == 0) {
@@ -356,12 +358,13 @@ func encodeResume(points map[uint64]hostResume) []byte {
 	return b
 }
 
-func decodeResume(b []byte) (map[uint64]hostResume, error) {
+func decodeResume(b []byte) (map[uint64]hostResume, time.Time, error) {
 	out := map[uint64]hostResume{}
 	if len(b) == 0 {
-		return out, nil
+		return out, time.Time{}, nil
 	}
 	r := metaReader{b: b}
+	at := time.Unix(int64(r.uvarint()), 0)
 	n := r.uvarint()
 	for i := uint64(0); i < n && !r.err; i++ {
 		id := r.uvarint()
@@ -379,9 +382,9 @@ func decodeResume(b []byte) (map[uint64]hostResume, error) {
 		out[id] = p
 	}
 	if r.err {
-		return nil, fmt.Errorf("relay: checkpoint resume detail does not decode")
+		return nil, time.Time{}, fmt.Errorf("relay: checkpoint resume detail does not decode")
 	}
-	return out, nil
+	return out, at, nil
 }
 
 // checkpointer writes the overlay and the hosts' resume points to the
@@ -454,7 +457,7 @@ func (c *checkpointer) write() bool {
 		c.derived.flushed(true)
 		return true
 	}
-	cp := &meta.Checkpoint{Seq: seq, Cursors: cursors, Resume: encodeResume(points)}
+	cp := &meta.Checkpoint{Seq: seq, Cursors: cursors, Resume: encodeResume(points, time.Now())}
 	cp.Repos = make([]meta.RepoState, 0, len(g.repos))
 	for _, rs := range g.repos {
 		cp.Repos = append(cp.Repos, rs)

@@ -59,7 +59,8 @@ func TestResumeRoundTrip(t *testing.T) {
 		4: {cursor: 0, done: []int64{1, 2}}, // done seqs imply known
 		5: {cursor: 0},                      // nothing: not kept
 	}
-	out, err := decodeResume(encodeResume(in))
+	at := time.Unix(1_800_000_000, 0)
+	out, gotAt, err := decodeResume(encodeResume(in, at))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,10 +69,13 @@ func TestResumeRoundTrip(t *testing.T) {
 		2: {cursor: 0, known: true},
 		4: {cursor: 0, done: []int64{1, 2}, known: true},
 	}
+	if !gotAt.Equal(at) {
+		t.Fatalf("resume time %v, want %v", gotAt, at)
+	}
 	if !reflect.DeepEqual(out, want) {
 		t.Fatalf("got %+v, want %+v", out, want)
 	}
-	if _, err := decodeResume([]byte{5, 1}); err == nil {
+	if _, _, err := decodeResume([]byte{1, 5, 1}); err == nil {
 		t.Fatal("truncated resume detail accepted")
 	}
 }

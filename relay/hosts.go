@@ -219,6 +219,8 @@ type HostManager struct {
 	newHosts newHostBudget
 	// recovered is where start-up recovery says each host resumes.
 	recovered map[uint64]hostResume
+	// downSince is when the relay last checkpointed before this start.
+	downSince time.Time
 	// sequencerErr reports a failed sequencer: hosts are not dialed then.
 	sequencerErr func() error
 	client       *http.Client
@@ -261,6 +263,8 @@ type hostPolicy struct {
 	lenientAll bool
 	// siblings get a copy of each accepted requestCrawl.
 	siblings []string
+	// maxCursorAge: older cursors are not replayed from (0: no limit).
+	maxCursorAge time.Duration
 }
 
 // hostDeps is everything the host manager touches.
@@ -271,6 +275,8 @@ type hostDeps struct {
 	bans   *domainBans  // banned domains (the admin API keeps them)
 	// recovered is where start-up recovery says each host resumes.
 	recovered map[uint64]hostResume
+	// downSince is when the relay last checkpointed before this start.
+	downSince time.Time
 	// sequencerErr reports a failed sequencer.
 	sequencerErr func() error
 	metrics      *Metrics
@@ -281,7 +287,7 @@ type hostDeps struct {
 func newHostManager(d hostDeps) *HostManager {
 	m := &HostManager{
 		store: d.store, engine: d.engine, ing: d.ing, metrics: d.metrics, logger: d.logger,
-		policy: d.policy, bans: d.bans, recovered: d.recovered, sequencerErr: d.sequencerErr,
+		policy: d.policy, bans: d.bans, recovered: d.recovered, downSince: d.downSince, sequencerErr: d.sequencerErr,
 		client: loop.NewHTTPClient(d.policy.allowInsecure, 20*time.Second),
 		hosts:  map[uint64]*hostConn{}, byName: map[string]*hostConn{},
 		paused:         map[*hostConn]pauseCause{},
@@ -340,6 +346,9 @@ func (m *HostManager) start(ctx context.Context) error {
 	var toConnect []*hostConn
 	for _, rec := range all {
 		h := m.track(rec)
+		if m.staleCursor(h, m.downSince) {
+			m.onStaleCursor(h)
+		}
 		switch rec.Status {
 		case meta.HostActive, meta.HostIdle, meta.HostThrottled:
 			toConnect = append(toConnect, h)
@@ -395,6 +404,9 @@ func (m *HostManager) byID(id uint64) *hostConn {
 // setStatus changes a host's status and persists it.
 func (m *HostManager) setStatus(h *hostConn, s meta.HostStatus) {
 	h.mu.Lock()
+	if h.rec.Status != s {
+		h.rec.UpdatedAt = time.Now() // since when it has this status (staleCursor)
+	}
 	h.rec.Status = s
 	h.mu.Unlock()
 	m.writeHost(h)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/relay/relay/perf"
 	"github.com/relay/relay/persist/meta"
+	"github.com/relay/relay/persist/meta/pebblestore"
 	"github.com/relay/relay/relay/lexicon"
 )
 
@@ -386,5 +388,72 @@ func TestBackoffBounds(t *testing.T) {
 		if len(seen) < 2 {
 			t.Errorf("backoff(%d) has no jitter: always %v", c.failures, seen)
 		}
+	}
+}
+
+// A relay that comes back after being down longer than the maximum
+// cursor age does not replay its hosts from their old cursors: each
+// resumes live (and its accounts are queued for resync).
+func TestStaleCursorAfterLongDowntime(t *testing.T) {
+	plc, err := perf.StartPLC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(plc.Close)
+	p, err := perf.StartPDS(perf.PDSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	a, err := perf.NewAccount(perf.K256, "stale.test", plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.PLCHost = plc.URL()
+	r1, err := New(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Start(testHandlers(r1)); err != nil {
+		t.Fatal(err)
+	}
+	requestCrawl(t, r1, p.Host(), http.StatusOK)
+	waitUntil(t, 10*time.Second, "subscribed", func() bool { return p.Subscribers() == 1 }) // live: emit after
+	emitCommit(t, a, p, 1)
+	waitUntil(t, 10*time.Second, "event durable", func() bool {
+		h := r1.hosts.byHostname(p.Host())
+		return h != nil && h.tracker.cursor() == 1
+	})
+	if err := r1.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Age the last checkpoint by two days, as if the relay had been down.
+	store, err := pebblestore.Open(filepath.Join(cfg.DataDir, "meta"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, blob, err := store.ReadCheckpoint(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	points, _, err := decodeResume(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.WriteCheckpoint(context.Background(), &meta.Checkpoint{Seq: seq, Resume: encodeResume(points, time.Now().Add(-48*time.Hour))}); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	emitCommit(t, a, p, 1) // emitted while the relay is down: too old to replay
+
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", "127.0.0.1:0"
+	r2 := startRelay(t, cfg)
+	waitUntil(t, 10*time.Second, "resubscribed live", func() bool {
+		cs := p.Cursors()
+		return len(cs) >= 2 && cs[len(cs)-1] == -1
+	})
+	if got := r2.metrics.cursorResets.with("stale_cursor").Get(); got != 1 {
+		t.Fatalf("stale cursor resets %d, want 1", got)
 	}
 }

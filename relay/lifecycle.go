@@ -231,3 +231,37 @@ func (m *HostManager) untrack(h *hostConn) {
 	delete(m.byName, h.name)
 	m.mu.Unlock()
 }
+
+// staleCursor reports whether h's cursor is older than maxCursorAge: the
+// relay was down since downSince (zero: running), or the host has been
+// offline or idle since its record last changed. Replaying that much of a
+// host's history would be a storm of old events, most of which its
+// accounts have since overwritten.
+func (m *HostManager) staleCursor(h *hostConn, downSince time.Time) bool {
+	if m.policy.maxCursorAge <= 0 || h.tracker.lastSeq() == 0 {
+		return false
+	}
+	h.mu.Lock()
+	status, since := h.rec.Status, h.rec.UpdatedAt
+	h.mu.Unlock()
+	now := time.Now()
+	if !downSince.IsZero() && now.Sub(downSince) > m.policy.maxCursorAge {
+		return true
+	}
+	away := status == meta.HostOffline || status == meta.HostIdle
+	return away && !since.IsZero() && now.Sub(since) > m.policy.maxCursorAge
+}
+
+// onStaleCursor resumes h live and resyncs its accounts.
+func (m *HostManager) onStaleCursor(h *hostConn) {
+	m.logger.Warn("host cursor older than the maximum cursor age; resuming live and resyncing its accounts",
+		"host", h.name, "cursor", h.tracker.lastSeq(), "max_age", m.policy.maxCursorAge)
+	m.resetToLive(h, "stale_cursor")
+	if m.resyncHost != nil {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.resyncHost(h.id)
+		}()
+	}
+}

@@ -96,7 +96,7 @@ func NewMetrics() *Metrics {
 		out:                 newCounterVec(s, `relay_events_out_total{type=%q}`, eventTypes),
 		consumersKicked:     newCounterVec(s, `relay_consumers_closed_total{reason=%q}`, knownKickReasons),
 		adminActions:        newCounterVec(s, `relay_admin_actions_total{action=%q}`, knownAdminActions),
-		cursorResets:        newCounterVec(s, `relay_host_cursor_resets_total{reason=%q}`, []string{"future_cursor", "outdated_cursor", "admin"}),
+		cursorResets:        newCounterVec(s, `relay_host_cursor_resets_total{reason=%q}`, []string{"future_cursor", "outdated_cursor", "stale_cursor", "admin"}),
 		discoveryRefused:    newCounterVec(s, `relay_discovery_refused_total{reason=%q}`, []string{"relay", "banned", "bad_hostname", "describe_server", "error"}),
 		crawlForwards:       newCounterVec(s, `relay_crawl_forwards_total{result=%q}`, []string{"ok", "failed", "queue_full"}),
 		statusRechecks:      newCounterVec(s, `relay_account_status_rechecks_total{result=%q}`, []string{"asked", "fixed", "confirmed", "failed"}),

@@ -19,6 +19,9 @@ const recoveryReadBytes = 4 << 20
 type recovered struct {
 	hosts map[uint64]hostResume
 	seq   int64
+	// checkpointAt is when the last checkpoint before the start was
+	// taken (zero: none): the relay was down since then at most.
+	checkpointAt time.Time
 	// records replayed past the old checkpoint, and how long it took.
 	records  int
 	duration time.Duration
@@ -35,7 +38,7 @@ func recoverDerived(ctx context.Context, log *eventlog.Log, store meta.Store, lo
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint: %w", err)
 	}
-	points, err := decodeResume(blob)
+	points, at, err := decodeResume(blob)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +57,7 @@ func recoverDerived(ctx context.Context, log *eventlog.Log, store meta.Store, lo
 		points[id] = p
 	}
 	durable := log.DurableSeq()
-	out := &recovered{hosts: points, seq: seq0}
+	out := &recovered{hosts: points, seq: seq0, checkpointAt: at}
 	if seq0 > durable {
 		// The store saw records the log no longer has (the log was
 		// replaced or cut by hand): nothing to replay; say so.
@@ -103,7 +106,7 @@ func recoverDerived(ctx context.Context, log *eventlog.Log, store meta.Store, lo
 				points[id] = p
 				cp.Cursors[id] = p.cursor
 			}
-			cp.Resume = encodeResume(points)
+			cp.Resume = encodeResume(points, at) // the relay's downtime still counts
 		}
 		wctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 		defer cancel()

@@ -139,7 +139,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 	})
 	r.hosts = newHostManager(hostDeps{
 		store: r.store, engine: r.engine, ing: r.ing, bans: &r.bans,
-		recovered: rec.hosts, sequencerErr: r.seq.Err,
+		recovered: rec.hosts, downSince: rec.checkpointAt, sequencerErr: r.seq.Err,
 		metrics: r.metrics, logger: logger.With("component", "hosts"),
 		policy: hostPolicy{
 			allowInsecure: cfg.AllowInsecureHosts, newHostsPerDay: cfg.NewHostsPerDay,
@@ -147,6 +147,7 @@ func New(cfg Config, logger *slog.Logger) (*Relay, error) {
 			trusted:             parseTrustedDomains(cfg.TrustedDomains),
 			lenientAll:          cfg.LenientSyncValidation,
 			siblings:            splitList(cfg.SiblingRelays),
+			maxCursorAge:        cfg.MaxCursorAge,
 		},
 	})
 	r.hosts.resyncHost = r.resyncHostAccounts

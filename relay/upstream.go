@@ -231,6 +231,9 @@ func (m *HostManager) dial(h *hostConn) {
 	if h.noSSL {
 		scheme = "ws"
 	}
+	if m.staleCursor(h, time.Time{}) {
+		m.onStaleCursor(h) // back from a long absence: live, and resync
+	}
 	url := scheme + "://" + h.name + "/xrpc/com.atproto.sync.subscribeRepos"
 	// A first subscription without a known cursor starts live. Once the
 	// host has been subscribed, a reconnection always names a cursor, even

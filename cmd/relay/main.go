@@ -138,6 +138,8 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	str(&cfg.Upstream, "upstream", "RELAY_UPSTREAM", "seed relay whose listHosts is paged for new hosts; none disables")
 	str(&cfg.SeedRelays, "seed-relays", "RELAY_SEED_RELAYS", "more comma-separated seed relays for host discovery")
 	str(&cfg.SiblingRelays, "sibling-relays", "RELAY_SIBLING_RELAYS", "comma-separated relays that accepted requestCrawls are forwarded to")
+	cursorAgeHours := int(cfg.MaxCursorAge / time.Hour)
+	integer(&cursorAgeHours, "max-cursor-age-hours", "RELAY_MAX_CURSOR_AGE_HOURS", "a host cursor older than this is not replayed from: resume live and resync (0: no limit)")
 	discoveryMinutes := int(cfg.DiscoveryInterval / time.Minute)
 	integer(&discoveryMinutes, "discovery-interval-minutes", "RELAY_DISCOVERY_INTERVAL_MINUTES", "minutes between host discovery passes over the seed relays (0: only at start)")
 	str(&cfg.PLCHost, "plc-host", "RELAY_PLC_HOST", "did:plc directory URL")
@@ -176,6 +178,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	cfg.MaxEventsBytes = int64(maxGB) << 30
 	cfg.ConsumerMaxLag = int64(maxLag)
 	cfg.DiscoveryInterval = time.Duration(discoveryMinutes) * time.Minute
+	cfg.MaxCursorAge = time.Duration(cursorAgeHours) * time.Hour
 	cfg.RingBytes = int64(ringBytes)
 	cfg.CacheBytes = int64(cacheMB) << 20
 	if strings.EqualFold(cfg.Upstream, "none") {
