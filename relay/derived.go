@@ -35,6 +35,10 @@ const (
 	maxDerivedPending = 1 << 17
 	// checkpointInterval is how often the overlay is written to the store.
 	checkpointInterval = 200 * time.Millisecond
+	// checkpointRefresh is the longest a running relay goes without a
+	// checkpoint, even with nothing new, so the checkpoint's time bounds
+	// the relay's downtime after a crash.
+	checkpointRefresh = time.Minute
 	// checkpointTimeout bounds one checkpoint write.
 	checkpointTimeout = 10 * time.Second
 	// recoveryChunk bounds the repo heads of one recovery write, so a
@@ -401,6 +405,7 @@ type checkpointer struct {
 	done chan struct{}
 	last map[uint64]int64 // cursors of the last written checkpoint
 	seq  int64            // seq of the last written checkpoint
+	at   time.Time        // when it was written
 }
 
 func newCheckpointer(store meta.Store, d *derivedState, hosts resumeSource, seq int64, m *Metrics, logger *slog.Logger) *checkpointer {
@@ -453,7 +458,9 @@ func (c *checkpointer) write() bool {
 			cursors[id] = p.cursor
 		}
 	}
-	if g.size() == 0 && len(cursors) == 0 && seq == c.seq {
+	// With nothing new, write only to keep the checkpoint's time recent:
+	// after a restart it tells how long the relay was down (staleCursor).
+	if g.size() == 0 && len(cursors) == 0 && seq == c.seq && time.Since(c.at) < checkpointRefresh {
 		c.derived.flushed(true)
 		return true
 	}
@@ -481,7 +488,7 @@ func (c *checkpointer) write() bool {
 	for id, v := range cursors {
 		c.last[id] = v
 	}
-	c.seq = seq
+	c.seq, c.at = seq, time.Now()
 	return true
 }
 
