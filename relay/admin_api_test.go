@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -334,7 +336,7 @@ func TestAdminChangeLimits(t *testing.T) {
 	want := []meta.AccountStatus{meta.AccountActive, meta.AccountThrottled}
 	xc := xrpcClient(n.r)
 	for i, a := range accts {
-		got, err := n.r.store.GetAccountByDID(context.Background(), a.DID)
+		got, err := n.r.store.GetAccountByDID(context.Background(), syntax.DID(a.DID))
 		if err != nil || got.Status != want[i] {
 			t.Errorf("%s: %+v %v, want status %s", a.Handle, got, err, want[i])
 		}
@@ -409,7 +411,7 @@ func TestAdminTakedown(t *testing.T) {
 				}
 			}
 			collect(t, live, 5, 10*time.Second)
-			acct, err := n.r.store.GetAccountByDID(context.Background(), a.DID)
+			acct, err := n.r.store.GetAccountByDID(context.Background(), syntax.DID(a.DID))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -484,7 +486,7 @@ func TestAdminTakedown(t *testing.T) {
 			}
 			// The status reaches the store with the frame's checkpoint.
 			waitUntil(t, 5*time.Second, "reversed status stored", func() bool {
-				stored, err := n.r.store.GetAccountByDID(context.Background(), a.DID)
+				stored, err := n.r.store.GetAccountByDID(context.Background(), syntax.DID(a.DID))
 				return err == nil && stored.Status == meta.AccountActive
 			})
 			p.Emit(mustCommit(t, a, 1))

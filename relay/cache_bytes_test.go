@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"fmt"
 	"runtime"
 	"testing"
@@ -36,7 +38,7 @@ func BenchmarkCacheEntryBytes(b *testing.B) {
 			m := make(map[string]*accountState)
 			for i := range n {
 				d := did(i)
-				st := &accountState{acct: meta.Account{UID: uint64(i), DID: d, HostID: 7, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive, CreatedAt: time.Now()}}
+				st := &accountState{acct: meta.Account{UID: uint64(i), DID: syntax.DID(d), HostID: 7, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive, CreatedAt: time.Now()}}
 				st.head = &repoHead{
 					rev:       fmt.Sprintf("3lhhxizu%05d", i%100000),
 					commitCID: fmt.Sprintf("bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr%05d", i%100000),
@@ -104,7 +106,7 @@ func TestCacheBoundsFromBytes(t *testing.T) {
 	busy.inflight.Add(1)
 	p.cacheAccount(busy)
 	for n := range 20 {
-		p.cacheAccount(&accountState{acct: meta.Account{DID: fmt.Sprintf("did:plc:a%d", n)}})
+		p.cacheAccount(&accountState{acct: meta.Account{DID: syntax.DID(fmt.Sprintf("did:plc:a%d", n))}})
 		if p.accounts.Len() > 4 {
 			t.Fatalf("%d accounts cached, bound 4", p.accounts.Len())
 		}

@@ -112,7 +112,7 @@ func pdsEndpoint(ctx context.Context, dir identity.Directory, raw string) (strin
 // accountExists is the cleaner's check: the relay still has the account
 // (any status; takedowns and deletions reach the index as #account).
 func (r *Relay) accountExists(ctx context.Context, did string) (bool, error) {
-	_, err := r.store.GetAccountByDID(ctx, did)
+	_, err := r.store.GetAccountByDID(ctx, syntax.DID(did))
 	if errors.Is(err, meta.ErrNotFound) {
 		return false, nil
 	}

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"errors"
 	"fmt"
@@ -470,7 +472,7 @@ func (p *partition) loadAccount(did string) (*accountState, error) {
 	}
 	ctx, cancel := p.storeCtx()
 	defer cancel()
-	a, err := p.ing.store.GetAccountByDID(ctx, did)
+	a, err := p.ing.store.GetAccountByDID(ctx, syntax.DID(did))
 	if errors.Is(err, meta.ErrNotFound) {
 		return nil, nil
 	}
@@ -506,7 +508,7 @@ func (p *partition) cacheAccount(st *accountState) {
 		}
 		// Every candidate busy: grow by one, evict next time.
 	}
-	p.accounts.Add(st.acct.DID, st)
+	p.accounts.Add(string(st.acct.DID), st)
 }
 
 // process validates one event whose identity is resolved, and submits it
@@ -691,7 +693,7 @@ func (p *partition) reresolveOnce(it *ingestItem) bool {
 // accountFrame is the #account the relay emits: its combined local and
 // upstream status (AccountStatus, as the API reports it).
 func accountFrame(a *meta.Account, t string) *comatproto.SyncSubscribeRepos_Account {
-	return &comatproto.SyncSubscribeRepos_Account{Did: a.DID, Time: t, Active: a.IsActive(), Status: StatusField(a)}
+	return &comatproto.SyncSubscribeRepos_Account{Did: string(a.DID), Time: t, Active: a.IsActive(), Status: StatusField(a)}
 }
 
 // accept moves the account's head and hands the event to the sequencer,
@@ -739,7 +741,7 @@ func (p *partition) accept(it *ingestItem, st *accountState, kind uint32, body c
 }
 
 func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
-	a := &meta.Account{DID: it.did, HostID: it.host.id, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
+	a := &meta.Account{DID: syntax.DID(it.did), HostID: it.host.id, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
 	// The limit check and the count are one step: two workers creating
 	// accounts of one host at once cannot both take the last slot.
 	if it.host.reserveAccount() {
@@ -750,7 +752,7 @@ func (p *partition) createAccount(it *ingestItem) (*accountState, error) {
 	if err := p.ing.store.CreateAccount(ctx, a); err != nil {
 		it.host.accountRemoved() // not created here: give the slot back
 		if errors.Is(err, meta.ErrExists) {
-			got, gerr := p.ing.store.GetAccountByDID(ctx, it.did)
+			got, gerr := p.ing.store.GetAccountByDID(ctx, syntax.DID(it.did))
 			if gerr != nil {
 				return nil, gerr
 			}

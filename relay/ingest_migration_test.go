@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"testing"
 	"time"
@@ -48,7 +50,7 @@ func TestIngestAccountMigration(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	acct, err := n.r.store.GetAccountByDID(ctx, mover.DID)
+	acct, err := n.r.store.GetAccountByDID(ctx, syntax.DID(mover.DID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +104,7 @@ func TestIngestAccountMigration(t *testing.T) {
 	if drops := hostRecord(t, n.r, oldPDS.Host()).Drops["wrong_host"]; drops != 2 {
 		t.Errorf("old host wrong_host drops: %d, want 2", drops)
 	}
-	acct, err = n.r.store.GetAccountByDID(ctx, mover.DID)
+	acct, err = n.r.store.GetAccountByDID(ctx, syntax.DID(mover.DID))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"errors"
 	"sync"
@@ -24,7 +26,7 @@ type flakyStore struct {
 	hangLookups   int // lookups that hang until the caller's deadline
 }
 
-func (f *flakyStore) GetAccountByDID(ctx context.Context, did string) (*meta.Account, error) {
+func (f *flakyStore) GetAccountByDID(ctx context.Context, did syntax.DID) (*meta.Account, error) {
 	f.mu.Lock()
 	fail := f.failLookups > 0
 	if fail {

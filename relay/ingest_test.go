@@ -214,3 +214,25 @@ func TestIngestDropsEachInvalidClass(t *testing.T) {
 		t.Errorf("truncated + garbage frames: %d drops counted, want 2", got)
 	}
 }
+
+// A DID that does not parse is dropped where it enters the relay, counted
+// as bad_did, before any lookup.
+func TestIngestDropsBadDIDs(t *testing.T) {
+	n := startTestNet(t, 1, nil)
+	p := n.hosts[0]
+	a, err := perf.NewAccount(perf.K256, "baddid.test", n.plc, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.crawl(t, p)
+	ev := mustCommit(t, a, 1)
+	ev.Commit.Repo = "did:not a did"
+	before := n.plc.Requests()
+	p.Emit(ev)
+	waitUntil(t, 10*time.Second, "bad DID dropped", func() bool {
+		return hostRecord(t, n.r, p.Host()).Drops["bad_did"] == 1
+	})
+	if n.plc.Requests() != before {
+		t.Fatal("a bad DID was looked up")
+	}
+}

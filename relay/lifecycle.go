@@ -150,7 +150,7 @@ func (r *Relay) resyncHostAccounts(hostID uint64) {
 	}
 	queued := 0
 	err := r.hostAccounts(context.Background(), hostID, func(a *meta.Account) error {
-		if ok, _ := r.coll.svc.Resync(a.DID, false); ok {
+		if ok, _ := r.coll.svc.Resync(string(a.DID), false); ok {
 			queued++
 		}
 		return nil
@@ -177,7 +177,7 @@ func (r *Relay) promoteThrottled(ctx context.Context, h *hostConn) (int, error) 
 		if a.Status != meta.AccountThrottled || !fits {
 			return nil
 		}
-		res, err := r.setLocalStatus(ctx, a.DID, meta.AccountActive, func(uid uint64) uint64 { return uid })
+		res, err := r.setLocalStatus(ctx, string(a.DID), meta.AccountActive, func(uid uint64) uint64 { return uid })
 		if err == nil {
 			_, err = waitDurable(ctx, res)
 		}
@@ -186,7 +186,7 @@ func (r *Relay) promoteThrottled(ctx context.Context, h *hostConn) (int, error) 
 		}
 		promoted++
 		if r.coll != nil && r.coll.svc != nil {
-			if _, err := r.coll.svc.Resync(a.DID, true); err != nil {
+			if _, err := r.coll.svc.Resync(string(a.DID), true); err != nil {
 				r.logger.Warn("resync of a promoted account failed to queue", "did", a.DID, "err", err)
 			}
 		}

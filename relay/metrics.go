@@ -70,7 +70,7 @@ var knownDropReasons = []string{
 	"blocks_too_big", "bad_cbor", "bad_frame", "text_frame", "unknown_type",
 	"inactive_account", "identity_error", "invalid_commit", "inversion_failed",
 	"duplicate_seq", "account_wrong_host", "host_blocked", "encode_error",
-	"rate_limited", "oversized_frame", "already_durable",
+	"rate_limited", "oversized_frame", "already_durable", "bad_did",
 }
 
 // Consumer close reasons for relay_consumers_closed_total.

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"cmp"
 	"context"
 	"errors"
@@ -62,7 +64,7 @@ func (r *Relay) RequestCrawl(ctx context.Context, hostname string, admin, forwar
 // Account is the account of did as a consumer may already know it (the
 // store through the derived-state overlay); meta.ErrNotFound if unknown.
 func (r *Relay) Account(ctx context.Context, did string) (*meta.Account, error) {
-	a, err := r.store.GetAccountByDID(ctx, did)
+	a, err := r.store.GetAccountByDID(ctx, syntax.DID(did))
 	if err != nil {
 		return nil, err
 	}

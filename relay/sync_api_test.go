@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -504,7 +506,7 @@ func BenchmarkListReposPage(b *testing.B) {
 	}
 	var states []meta.RepoState
 	for i := 0; i < maxListReposLimit; i++ {
-		a := &meta.Account{DID: fmt.Sprintf("did:plc:bench%019d", i), HostID: host.ID, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
+		a := &meta.Account{DID: syntax.DID(fmt.Sprintf("did:plc:bench%019d", i)), HostID: host.ID, Status: meta.AccountActive, UpstreamStatus: meta.AccountActive}
 		if err := r.store.CreateAccount(ctx, a); err != nil {
 			b.Fatal(err)
 		}

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -113,6 +115,13 @@ func (m *HostManager) OnMessage(c *loop.Conn, op ws.OpCode, payload []byte) erro
 	if err != nil || it.did == "" {
 		mt.Dropped("bad_cbor").Inc()
 		h.countDrop("bad_cbor")
+		return nil
+	}
+	// The DID is parsed once, here, where it enters the relay: everything
+	// past this point (the stores' typed DID lookups) can trust it.
+	if _, err := syntax.ParseDID(it.did); err != nil {
+		mt.Dropped("bad_did").Inc()
+		h.countDrop("bad_did")
 		return nil
 	}
 	mt.EventsIn(t).Inc()

@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/bluesky-social/indigo/atproto/syntax"
 )
 
 // Errors returned by every Store implementation. Callers compare with
@@ -95,7 +97,7 @@ const (
 // currently lives on.
 type Account struct {
 	UID            uint64 // assigned by CreateAccount; dense, small, used in event log records
-	DID            string
+	DID            syntax.DID
 	HostID         uint64
 	Status         AccountStatus // local; "" is stored as active
 	UpstreamStatus AccountStatus // from the PDS's #account events; "" is stored as active
@@ -211,7 +213,9 @@ type Store interface {
 	// ErrExists for a known DID, ErrNotFound for an unknown host.
 	CreateAccount(ctx context.Context, a *Account) error
 	// GetAccountByDID returns the account with the DID, or ErrNotFound.
-	GetAccountByDID(ctx context.Context, did string) (*Account, error)
+	// The DID is typed: callers parse it (syntax.ParseDID) where it enters
+	// the relay, once.
+	GetAccountByDID(ctx context.Context, did syntax.DID) (*Account, error)
 	// ListAccounts returns up to limit accounts with UID > afterUID, by
 	// ascending UID.
 	ListAccounts(ctx context.Context, afterUID uint64, limit int) ([]*Account, error)

@@ -187,7 +187,7 @@ func (a *api) handleListRepos(w http.ResponseWriter, req *http.Request) {
 		}
 		actives[i] = acct.IsActive()
 		out.Repos = append(out.Repos, &comatproto.SyncListRepos_Repo{
-			Did: acct.DID, Head: rs.CommitCID, Rev: rs.Rev, Active: &actives[i], Status: relay.StatusField(acct),
+			Did: string(acct.DID), Head: rs.CommitCID, Rev: rs.Rev, Active: &actives[i], Status: relay.StatusField(acct),
 		})
 	}
 	if len(accts) > 0 {
@@ -223,7 +223,7 @@ func (a *api) handleGetRepoStatus(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	out := comatproto.SyncGetRepoStatus_Output{Did: acct.DID, Active: acct.IsActive(), Status: relay.StatusField(acct)}
+	out := comatproto.SyncGetRepoStatus_Output{Did: string(acct.DID), Active: acct.IsActive(), Status: relay.StatusField(acct)}
 	// The lexicon gives rev "if active=true", and a real PDS omits it for
 	// an inactive account (indigo's relay sends it regardless).
 	if rs != nil && out.Active {
@@ -255,7 +255,7 @@ func (a *api) handleGetLatestCommit(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if rs == nil {
-		writeError(w, http.StatusBadRequest, lexicon.RepoNotFound, "no commit of "+acct.DID+" has been relayed yet")
+		writeError(w, http.StatusBadRequest, lexicon.RepoNotFound, "no commit of "+string(acct.DID)+" has been relayed yet")
 		return
 	}
 	writeJSON(w, http.StatusOK, &comatproto.SyncGetLatestCommit_Output{Cid: rs.CommitCID, Rev: rs.Rev})

@@ -1,6 +1,8 @@
 package metatest
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"fmt"
 	"sync"
@@ -88,7 +90,7 @@ func populate(b *testing.B, s meta.Store) []string {
 		wg.Go(func() {
 			for i := w; i < benchAccounts; i += benchCreators {
 				dids[i] = fmt.Sprintf("did:plc:%024d", i)
-				if err := s.CreateAccount(ctx, &meta.Account{DID: dids[i], HostID: h.ID}); err != nil {
+				if err := s.CreateAccount(ctx, &meta.Account{DID: syntax.DID(dids[i]), HostID: h.ID}); err != nil {
 					errs <- err
 					return
 				}
@@ -114,7 +116,7 @@ func benchGetAccountByDID(b *testing.B, s meta.Store, parallel bool) {
 			i := int(seed.Add(7919))
 			for pb.Next() {
 				i = (i + 7919) % len(dids)
-				if _, err := s.GetAccountByDID(ctx, dids[i]); err != nil {
+				if _, err := s.GetAccountByDID(ctx, syntax.DID(dids[i])); err != nil {
 					b.Error(err)
 					return
 				}
@@ -125,7 +127,7 @@ func benchGetAccountByDID(b *testing.B, s meta.Store, parallel bool) {
 	i := 0
 	for b.Loop() {
 		i = (i + 7919) % len(dids)
-		if _, err := s.GetAccountByDID(ctx, dids[i]); err != nil {
+		if _, err := s.GetAccountByDID(ctx, syntax.DID(dids[i])); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -143,7 +145,7 @@ func benchCreateAccount(b *testing.B, s meta.Store) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			a := &meta.Account{DID: fmt.Sprintf("did:plc:c%023d", n.Add(1)), HostID: h.ID}
+			a := &meta.Account{DID: syntax.DID(fmt.Sprintf("did:plc:c%023d", n.Add(1))), HostID: h.ID}
 			if err := s.CreateAccount(ctx, a); err != nil {
 				b.Error(err)
 				return

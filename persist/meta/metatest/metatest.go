@@ -4,6 +4,8 @@
 package metatest
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"errors"
 	"fmt"
@@ -71,7 +73,7 @@ func mustHost(t *testing.T, s meta.Store, name string) *meta.Host {
 
 func mustAccount(t *testing.T, s meta.Store, did string, hostID uint64) *meta.Account {
 	t.Helper()
-	a := &meta.Account{DID: did, HostID: hostID}
+	a := &meta.Account{DID: syntax.DID(did), HostID: hostID}
 	if err := s.CreateAccount(ctx(t), a); err != nil {
 		t.Fatalf("CreateAccount(%q): %v", did, err)
 	}
@@ -521,7 +523,7 @@ func testAccountConcurrentCreate(t *testing.T, s meta.Store) {
 	for w := range workers {
 		wg.Go(func() {
 			for i := range perWorker {
-				a := &meta.Account{DID: fmt.Sprintf("did:plc:w%di%d", w, i), HostID: hosts[(w+i)%2].ID}
+				a := &meta.Account{DID: syntax.DID(fmt.Sprintf("did:plc:w%di%d", w, i)), HostID: hosts[(w+i)%2].ID}
 				if err := s.CreateAccount(ctx(t), a); err != nil {
 					errs <- err
 					continue

@@ -1,6 +1,8 @@
 package pebblestore
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"encoding/binary"
 	"errors"
 	"time"
@@ -67,7 +69,7 @@ func encodeAccount(b []byte, a *meta.Account) []byte {
 	b = appendString(b, string(a.Status))
 	b = appendString(b, string(a.UpstreamStatus))
 	b = binary.AppendVarint(b, a.CreatedAt.UnixMicro())
-	return appendString(b, a.DID)
+	return appendString(b, string(a.DID))
 }
 
 func decodeAccount(b []byte, a *meta.Account) error {
@@ -79,7 +81,7 @@ func decodeAccount(b []byte, a *meta.Account) error {
 	a.Status = accountStatus(d.bytes())
 	a.UpstreamStatus = accountStatus(d.bytes())
 	a.CreatedAt = d.time()
-	a.DID = string(d.bytes())
+	a.DID = syntax.DID(d.bytes())
 	return d.err
 }
 

@@ -5,6 +5,8 @@
 package pebblestore
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"encoding/binary"
 	"errors"
@@ -349,7 +351,7 @@ func (s *Store) CreateAccount(_ context.Context, a *meta.Account) error {
 	if s.closed.Load() {
 		return meta.ErrClosed
 	}
-	didKey := stringKey(prefixAccountDID, a.DID)
+	didKey := stringKey(prefixAccountDID, string(a.DID))
 	rec := *a
 	rec.Status = meta.DefaultAccountStatus(a.Status)
 	rec.UpstreamStatus = meta.DefaultAccountStatus(a.UpstreamStatus)
@@ -401,11 +403,11 @@ func (s *Store) getAccount(uid uint64) (*meta.Account, error) {
 }
 
 // GetAccountByDID implements meta.Store.
-func (s *Store) GetAccountByDID(_ context.Context, did string) (*meta.Account, error) {
+func (s *Store) GetAccountByDID(_ context.Context, did syntax.DID) (*meta.Account, error) {
 	if s.closed.Load() {
 		return nil, meta.ErrClosed
 	}
-	uid, err := s.getUint64(stringKey(prefixAccountDID, did))
+	uid, err := s.getUint64(stringKey(prefixAccountDID, string(did)))
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,8 @@
 package pgstore
 
 import (
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
 	"context"
 	"errors"
 	"fmt"
@@ -268,11 +270,11 @@ func (s *Store) CreateAccount(ctx context.Context, a *meta.Account) error {
 }
 
 // GetAccountByDID implements meta.Store.
-func (s *Store) GetAccountByDID(ctx context.Context, did string) (*meta.Account, error) {
+func (s *Store) GetAccountByDID(ctx context.Context, did syntax.DID) (*meta.Account, error) {
 	if s.closed.Load() {
 		return nil, meta.ErrClosed
 	}
-	a, err := scanAccount(s.pool.QueryRow(ctx, `SELECT `+accountColumns+` FROM account WHERE did = $1`, did))
+	a, err := scanAccount(s.pool.QueryRow(ctx, `SELECT `+accountColumns+` FROM account WHERE did = $1`, string(did)))
 	return a, notFound(err)
 }
 
