@@ -6,6 +6,7 @@ package main
 //	relay admin [flags] hosts block HOST        block a host (disconnects it)
 //	relay admin [flags] hosts unblock HOST
 //	relay admin [flags] hosts limits HOST [-account-limit N] [-trusted=true|false]
+//	relay admin [flags] hosts reset-cursor HOST  forget the host's cursor; resubscribe live
 //	relay admin [flags] takedown DID            take an account down
 //	relay admin [flags] reverse DID             reverse a takedown
 //	relay admin [flags] consumers               list firehose consumers
@@ -50,6 +51,7 @@ commands:
   hosts block HOST               block a host and disconnect it
   hosts unblock HOST             unblock a host
   hosts limits HOST [-account-limit N] [-trusted=true|false]
+  hosts reset-cursor HOST        forget a host's cursor and resubscribe it live
   takedown DID                   take an account down (its events are scrubbed)
   reverse DID                    reverse an account's takedown
   consumers                      firehose consumers with lag
@@ -177,8 +179,15 @@ func (c *adminCLI) run(pos []string) error {
 			return c.post("/admin/hosts/changeLimits", body, func(m map[string]any) string {
 				return fmt.Sprintf("%s: account limit %v, trusted %v", m["hostname"], num(m["accountLimit"]), m["trusted"])
 			})
+		case "reset-cursor":
+			if err := want(args, 1, "a hostname: relay admin hosts reset-cursor HOST"); err != nil {
+				return err
+			}
+			return c.post("/admin/hosts/resetCursor", map[string]any{"hostname": args[0]}, func(m map[string]any) string {
+				return fmt.Sprintf("%s: cursor reset to %v (resubscribed live)", m["hostname"], num(m["cursor"]))
+			})
 		default:
-			return usageErr("unknown hosts command %q (list, block, unblock, limits)", sub)
+			return usageErr("unknown hosts command %q (list, block, unblock, limits, reset-cursor)", sub)
 		}
 	case "takedown", "reverse":
 		if err := want(args, 1, "a DID: relay admin "+cmd+" DID"); err != nil {

@@ -99,6 +99,9 @@ func TestAdminCLIAgainstRelay(t *testing.T) {
 	if out := mustAdmin(t, env, "hosts", "limits", h2, "-account-limit", "5", "-trusted=true"); out != h2+": account limit 5, trusted true\n" {
 		t.Fatalf("limits: %q", out)
 	}
+	if out := mustAdmin(t, env, "hosts", "reset-cursor", h2); out != h2+": cursor reset to 0 (resubscribed live)\n" {
+		t.Fatalf("hosts reset-cursor printed %q", out)
+	}
 	failAdmin(t, env, 2, "needs -account-limit", "hosts", "limits", h2)
 	failAdmin(t, env, 2, "-trusted must be true or false", "hosts", "limits", h2, "-trusted", "maybe")
 	failAdmin(t, env, 1, "HostNotFound", "hosts", "block", "nosuch.example.com")
