@@ -239,14 +239,20 @@ func (b *newHostBudget) take(limit int, now time.Time) bool {
 	return true
 }
 
-// describeServer checks that a host answers as a PDS; it also refuses
-// relays (loop guard).
-func (m *HostManager) describeServer(ctx context.Context, host string, noSSL bool) error {
+// hostXRPC is the URL of an XRPC method on a host: https, or http for a
+// plain (development) host.
+func hostXRPC(host string, noSSL bool, method string) string {
 	scheme := "https"
 	if noSSL {
 		scheme = "http"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+host+"/xrpc/com.atproto.server.describeServer", nil)
+	return scheme + "://" + host + "/xrpc/" + method
+}
+
+// describeServer checks that a host answers as a PDS; it also refuses
+// relays (loop guard).
+func (m *HostManager) describeServer(ctx context.Context, host string, noSSL bool) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hostXRPC(host, noSSL, "com.atproto.server.describeServer"), nil)
 	if err != nil {
 		return err
 	}

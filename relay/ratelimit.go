@@ -162,10 +162,8 @@ type trustedDomains []string
 
 func parseTrustedDomains(s string) trustedDomains {
 	var out trustedDomains
-	for _, d := range strings.Split(s, ",") {
-		if d = strings.ToLower(strings.TrimSpace(d)); d != "" {
-			out = append(out, strings.TrimPrefix(d, "."))
-		}
+	for _, d := range splitList(s) {
+		out = append(out, strings.TrimPrefix(strings.ToLower(d), "."))
 	}
 	return out
 }

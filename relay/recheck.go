@@ -81,11 +81,7 @@ func (c *statusChecker) check(h *hostConn, did string, done func(statusResult)) 
 
 func (c *statusChecker) ask(h *hostConn, did string) statusResult {
 	res := statusResult{did: did}
-	scheme := "https"
-	if h.noSSL {
-		scheme = "http"
-	}
-	u := scheme + "://" + h.name + "/xrpc/com.atproto.sync.getRepoStatus?did=" + url.QueryEscape(did)
+	u := hostXRPC(h.name, h.noSSL, "com.atproto.sync.getRepoStatus") + "?did=" + url.QueryEscape(did)
 	ctx, cancel := context.WithTimeout(context.Background(), statusCheckTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
