@@ -93,6 +93,8 @@ type hostConn struct {
 	// syncV11: the host sent a valid sync-1.1 commit (with prevData and a
 	// passing inversion), so it is validated strictly from then on.
 	syncV11 atomic.Bool
+	// resyncing: a resync pass over the host's accounts is running.
+	resyncing atomic.Bool
 }
 
 func (h *hostConn) status() meta.HostStatus {

@@ -80,13 +80,7 @@ func (m *HostManager) onFutureCursor(h *hostConn) {
 func (m *HostManager) onOutdatedCursor(h *hostConn) {
 	m.logger.Warn("host says our cursor is older than its retention; resuming live and resyncing its accounts", "host", h.name, "cursor", h.tracker.lastSeq())
 	m.resetToLive(h, "outdated_cursor")
-	if m.resyncHost != nil {
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.resyncHost(h.id)
-		}()
-	}
+	m.resyncAccountsOf(h)
 	m.retryLater(h, m.backoff(0))
 }
 
@@ -257,11 +251,20 @@ func (m *HostManager) onStaleCursor(h *hostConn) {
 	m.logger.Warn("host cursor older than the maximum cursor age; resuming live and resyncing its accounts",
 		"host", h.name, "cursor", h.tracker.lastSeq(), "max_age", m.policy.maxCursorAge)
 	m.resetToLive(h, "stale_cursor")
-	if m.resyncHost != nil {
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.resyncHost(h.id)
-		}()
+	m.resyncAccountsOf(h)
+}
+
+// resyncAccountsOf queues resyncs of h's accounts in the background, one
+// pass per host at a time: a host that keeps sending OutdatedCursor cannot
+// start a scan of the store on every reconnect.
+func (m *HostManager) resyncAccountsOf(h *hostConn) {
+	if m.resyncHost == nil || !h.resyncing.CompareAndSwap(false, true) {
+		return
 	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer h.resyncing.Store(false)
+		m.resyncHost(h.id)
+	}()
 }
