@@ -106,6 +106,7 @@ type Conn struct {
 
 	state       connState
 	paused      bool
+	pausedHeld  int64 // this connection's share of Engine.pausedHeld
 	inCallback  bool // inside gnet's OnOpen/OnTraffic for this connection
 	closeReq    bool // close requested during a callback; the callback returns gnet.Close
 	closeErrSet bool
@@ -387,6 +388,7 @@ func (c *Conn) onClose(err error) {
 	c.closed.Store(true)
 	c.inCallback = false
 	c.ls.remove(c)
+	c.holdPaused(0)
 	if c.closeErrSet {
 		err = c.closeErr
 	}
@@ -411,9 +413,33 @@ func (c *Conn) process() {
 			c.processDirect()
 		}
 	}
-	if !c.stopped() && c.gc.InboundBuffered()+len(c.buf) > c.e.opts.MaxInboundBuffered {
+	if c.stopped() {
+		return
+	}
+	held := c.gc.InboundBuffered() + len(c.buf)
+	if held > c.e.opts.MaxInboundBuffered {
+		c.closeNow(ErrBackpressure)
+		return
+	}
+	if !c.paused {
+		c.holdPaused(0)
+		return
+	}
+	grew := int64(held) > c.pausedHeld
+	if c.holdPaused(int64(held)) > c.e.opts.MaxPausedBuffered && grew {
 		c.closeNow(ErrBackpressure)
 	}
+}
+
+// holdPaused sets this connection's share of the engine's paused bytes and
+// returns the engine's new total.
+func (c *Conn) holdPaused(n int64) int64 {
+	d := n - c.pausedHeld
+	c.pausedHeld = n
+	if d == 0 {
+		return c.e.pausedHeld.Load()
+	}
+	return c.e.pausedHeld.Add(d)
 }
 
 // processDirect decodes straight from gnet's input buffer. While a frame is
@@ -434,18 +460,33 @@ func (c *Conn) processDirect() {
 	}
 }
 
-// processOwn moves gnet's bytes behind the leftovers in c.buf and decodes
-// from there; once c.buf is drained the connection decodes directly again.
+// processOwn decodes the leftovers in c.buf, completing the frame at their
+// end from gnet's bytes, and goes back to decoding directly from gnet once
+// c.buf is drained. It moves only the bytes that complete that frame, so a
+// connection resumed with a large backlog buffered does not copy it.
 func (c *Conn) processOwn() {
-	if avail := c.gc.InboundBuffered(); avail > 0 {
-		b, err := c.gc.Peek(-1)
-		if err == nil {
-			c.buf = append(c.buf, b...)
-			_, _ = c.gc.Discard(len(b))
-		}
-	}
 	c.decodeOwn()
+	for len(c.buf) > 0 && !c.stopped() && !c.paused {
+		avail := c.gc.InboundBuffered()
+		if avail == 0 {
+			break
+		}
+		take := ws.MaxHeaderSize
+		if need := c.dec.Need(); need > len(c.buf) {
+			take = need - len(c.buf)
+		}
+		b, err := c.gc.Peek(min(take, avail))
+		if err != nil {
+			break
+		}
+		c.buf = append(c.buf, b...)
+		_, _ = c.gc.Discard(len(b))
+		c.decodeOwn()
+	}
 	c.releaseBuf(false)
+	if c.buf == nil && !c.stopped() && !c.paused {
+		c.processDirect()
+	}
 }
 
 // processTLS reads plaintext from the tls.Conn, which reads ciphertext from

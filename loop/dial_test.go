@@ -191,7 +191,14 @@ func TestDialFramesRightAfterResponse(t *testing.T) {
 	for i := range 10 {
 		msgs = append(msgs, []byte(strings.Repeat(string(rune('a'+i)), 100+i)))
 	}
-	for _, useTLS := range []bool{false, true} {
+	// Pausing on a message among the leftovers lets the rest pile up in
+	// gnet's buffer behind a partial frame; pausing on the last one leaves
+	// nothing to wake the connection but Resume.
+	for _, tc := range []struct {
+		useTLS  bool
+		pauseAt int
+	}{{false, 1}, {false, len(msgs) - 1}, {true, 1}, {true, len(msgs) - 1}} {
+		useTLS := tc.useTLS
 		e := startEngine(t, Options{})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -208,11 +215,9 @@ func TestDialFramesRightAfterResponse(t *testing.T) {
 		}
 		startRawUpstream(t, ln, msgs)
 		rec := newRecorder()
-		// Pause on the last message: nothing arrives after it, so only
-		// Resume can bring it back.
 		paused := false
 		rec.onMessage = func(c *Conn, _ ws.OpCode, p []byte) error {
-			if bytes.Equal(p, msgs[len(msgs)-1]) && !paused {
+			if bytes.Equal(p, msgs[tc.pauseAt]) && !paused {
 				paused = true
 				go func() {
 					time.Sleep(20 * time.Millisecond)
@@ -227,7 +232,7 @@ func TestDialFramesRightAfterResponse(t *testing.T) {
 		}
 		for i, want := range msgs {
 			if m := rec.waitMsg(t); !bytes.Equal(m.data, want) {
-				t.Fatalf("tls %v: message %d = %q", useTLS, i, m.data)
+				t.Fatalf("tls %v, pause at %d: message %d = %q", useTLS, tc.pauseAt, i, m.data)
 			}
 		}
 	}

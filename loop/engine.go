@@ -22,6 +22,11 @@ const (
 	// DefaultMaxInboundBuffered bounds the bytes kept unconsumed for one
 	// connection (paused or mid-frame). It must exceed the largest frame.
 	DefaultMaxInboundBuffered = 16 << 20
+	// DefaultMaxPausedBuffered bounds the bytes held unconsumed by all
+	// paused connections of an engine together. A paused connection keeps
+	// receiving (gnet has no way to stop reading one socket), so without
+	// it every paused connection could fill its own MaxInboundBuffered.
+	DefaultMaxPausedBuffered = 64 << 20
 	// DefaultMaxOutboundBuffered is the hard cap on bytes queued for one
 	// connection. The relay applies its own, smaller cap first (and tells a
 	// slow consumer why); this one only keeps gnet's unbounded buffer bounded.
@@ -63,6 +68,11 @@ type Options struct {
 	// paused or mid-frame) before it is closed with ErrBackpressure.
 	// Default 16 MiB.
 	MaxInboundBuffered int
+	// MaxPausedBuffered: bytes kept unconsumed by all paused connections
+	// together. A paused connection whose new bytes take the total past it
+	// is closed with ErrBackpressure (its peer resumes later from wherever
+	// it left off); the connections that hold bytes stay. Default 64 MiB.
+	MaxPausedBuffered int64
 	// MaxOutboundBuffered: bytes queued for one connection past which a write
 	// fails and the connection is closed with ErrBackpressure. Default 64 MiB.
 	MaxOutboundBuffered int
@@ -87,6 +97,9 @@ func (o *Options) setDefaults() {
 	if o.MaxInboundBuffered <= 0 {
 		o.MaxInboundBuffered = DefaultMaxInboundBuffered
 	}
+	if o.MaxPausedBuffered <= 0 {
+		o.MaxPausedBuffered = DefaultMaxPausedBuffered
+	}
 	if o.MaxOutboundBuffered <= 0 {
 		o.MaxOutboundBuffered = DefaultMaxOutboundBuffered
 	}
@@ -110,6 +123,10 @@ type Engine struct {
 	mu     sync.Mutex
 	loops  map[gnet.EventLoop]*loopState
 	active []gnet.EventLoop // loops that have owned a connection, in order of first use
+
+	// pausedHeld is the bytes paused connections hold unconsumed (each
+	// connection's share is Conn.pausedHeld), against MaxPausedBuffered.
+	pausedHeld atomic.Int64
 
 	stopping   atomic.Bool
 	stopTicker context.CancelFunc
@@ -324,3 +341,7 @@ func (g *gnetHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	return gnet.None
 }
+
+// PausedBuffered reports the bytes paused connections hold unconsumed
+// (bounded by Options.MaxPausedBuffered).
+func (e *Engine) PausedBuffered() int64 { return e.pausedHeld.Load() }

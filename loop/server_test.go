@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,6 +309,71 @@ func TestServerFloodWhilePausedBackpressure(t *testing.T) {
 	if err := rec.waitClose(t); !errors.Is(err, ErrBackpressure) {
 		t.Fatalf("OnClose %v, want ErrBackpressure", err)
 	}
+}
+
+// TestPausedBytesSharedBound: paused connections together hold at most
+// MaxPausedBuffered. The one whose bytes cross it is closed; one that holds
+// less and sends nothing more keeps its bytes and delivers them on resume.
+func TestPausedBytesSharedBound(t *testing.T) {
+	const msg = 16 << 10
+	e := startEngine(t, Options{MaxInboundBuffered: 4 << 20, MaxPausedBuffered: 512 << 10})
+	var hold atomic.Bool
+	hold.Store(true)
+	pausing := func() *recorder {
+		r := newRecorder()
+		r.onMessage = func(*Conn, ws.OpCode, []byte) error {
+			if hold.Load() {
+				return ErrPaused
+			}
+			return nil
+		}
+		return r
+	}
+	quiet, flood := pausing(), pausing()
+	recs := make(chan *recorder, 2)
+	recs <- quiet
+	recs <- flood
+	url := startServer(t, e, func() Handler { return <-recs })
+
+	qc := dialClient(t, url)
+	qconn := quiet.waitOpen(t)
+	const quietMsgs = 16 // 256 KiB: under the shared bound
+	for i := range quietMsgs {
+		if err := wsutil.WriteClientBinary(qc, payload(msg, uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "quiet bytes held", func() bool { return e.PausedBuffered() >= quietMsgs*msg })
+
+	fc := dialClient(t, url)
+	flood.waitOpen(t)
+	go func() {
+		for i := range 128 { // 2 MiB: past the shared bound, under the per-connection one
+			if wsutil.WriteClientBinary(fc, payload(msg, uint64(i))) != nil {
+				return
+			}
+		}
+	}()
+	if err := flood.waitClose(t); !errors.Is(err, ErrBackpressure) {
+		t.Fatalf("flooding connection closed with %v, want ErrBackpressure", err)
+	}
+	select {
+	case err := <-quiet.closed:
+		t.Fatalf("quiet connection closed too: %v", err)
+	default:
+	}
+	if held := e.PausedBuffered(); held < quietMsgs*msg || held > 512<<10 {
+		t.Fatalf("paused bytes after the close %d, want the quiet connection's %d", held, quietMsgs*msg)
+	}
+
+	hold.Store(false)
+	qconn.Resume()
+	for range quietMsgs {
+		if m := quiet.waitMsg(t); len(m.data) != msg {
+			t.Fatalf("message of %d bytes", len(m.data))
+		}
+	}
+	waitFor(t, "paused bytes released", func() bool { return e.PausedBuffered() == 0 })
 }
 
 func TestServerMalformedClosesOnlyThatConn(t *testing.T) {

@@ -34,10 +34,10 @@ const (
 	dialTimeout = 30 * time.Second
 	// resumeInterval is how often paused hosts are checked for room.
 	resumeInterval = 10 * time.Millisecond
-	// maxPausedHosts bounds hosts paused at once, and so the memory their
-	// unread socket buffers hold (each up to the loop's 16 MiB inbound
-	// bound: 1 GiB in all). Past it a host that must pause is disconnected
-	// and resumed later from its cursor.
+	// maxPausedHosts bounds hosts paused at once. Past it a host that must
+	// pause is disconnected and resumed later from its cursor. The bytes
+	// paused hosts keep receiving are bounded apart, by the loop engine's
+	// MaxPausedBuffered (64 MiB for all of them together).
 	maxPausedHosts = 64
 	// startConnectsPerSecond staggers connections at start and bootstrap.
 	startConnectsPerSecond = 200
@@ -302,6 +302,7 @@ func newHostManager(d hostDeps) *HostManager {
 		m.dialer = loop.SafeDialContext(&net.Dialer{Timeout: dialTimeout})
 	}
 	d.metrics.Gauge("relay_hosts_connected", func() float64 { return float64(m.connectedCount()) })
+	d.metrics.Gauge("relay_upstream_paused_bytes", func() float64 { return float64(d.engine.PausedBuffered()) })
 	for _, s := range []meta.HostStatus{meta.HostActive, meta.HostIdle, meta.HostOffline, meta.HostThrottled, meta.HostBanned, meta.HostBlocked} {
 		d.metrics.Gauge(fmt.Sprintf(`relay_hosts{status=%q}`, s), func() float64 { return float64(m.countStatus(s)) })
 	}

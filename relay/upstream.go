@@ -171,7 +171,6 @@ func (m *HostManager) dispatch(h *hostConn, it *ingestItem, size int) error {
 // pauseForRate holds it until the host's rate limits allow it (see pause).
 func (m *HostManager) pauseForRate(h *hostConn, it *ingestItem, now time.Time) error {
 	if !m.markPausedFor(h, pauseCause{rate: true}) {
-		m.metrics.backpressureCloses.Inc()
 		return loop.ErrBackpressure
 	}
 	h.rate.hold(now)
@@ -180,13 +179,12 @@ func (m *HostManager) pauseForRate(h *hostConn, it *ingestItem, now time.Time) e
 }
 
 // pause holds it and leaves its message in the socket buffer until the
-// resume sweep sees room for it. Paused hosts keep up to the loop's inbound
-// bound (16 MiB) buffered each, so at most maxPausedHosts are paused at
-// once: past that the connection is closed and resumed later from the
-// host's cursor, which loses nothing.
+// resume sweep sees room for it. At most maxPausedHosts are paused at
+// once, and the loop engine bounds the bytes they hold together: past
+// either the connection is closed (loop.ErrBackpressure) and resumed later
+// from the host's cursor, which loses nothing.
 func (m *HostManager) pause(h *hostConn, it *ingestItem, p *partition) error {
 	if !m.markPaused(h, p) {
-		m.metrics.backpressureCloses.Inc()
 		return loop.ErrBackpressure
 	}
 	h.held = it
@@ -369,6 +367,9 @@ func (m *HostManager) OnClose(c *loop.Conn, err error) {
 		return
 	}
 	h.noteError(err)
+	if errors.Is(err, loop.ErrBackpressure) {
+		m.metrics.backpressureCloses.Inc()
+	}
 	h.mu.Lock()
 	if !h.conn.CompareAndSwap(c, nil) {
 		// A newer connection of this host owns its state.
