@@ -107,8 +107,8 @@ type Conn struct {
 	state       connState
 	paused      bool
 	pausedHeld  int64 // this connection's share of Engine.pausedHeld
-	inCallback  bool // inside gnet's OnOpen/OnTraffic for this connection
-	closeReq    bool // close requested during a callback; the callback returns gnet.Close
+	inCallback  bool  // inside gnet's OnOpen/OnTraffic for this connection
+	closeReq    bool  // close requested during a callback; the callback returns gnet.Close
 	closeErrSet bool
 	closeErr    error
 
