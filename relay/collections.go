@@ -36,7 +36,7 @@ type collectionIndex struct {
 // openCollections opens the index and starts its follower. The index
 // follows the event log: the sequencer's durable callback wakes it.
 func (r *Relay) openCollections() error {
-	ix, err := collection.Open(filepath.Join(r.cfg.DataDir, collectionsDir))
+	ix, err := collection.Open(filepath.Join(r.cfg.DataDir, collectionsDir), r.cfg.StoreCacheBytes/2)
 	if err != nil {
 		return fmt.Errorf("open collection index: %w", err)
 	}

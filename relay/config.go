@@ -96,6 +96,11 @@ type Config struct {
 	// CacheBytes bounds the validation workers' account and identity
 	// caches (half each), by the measured bytes per entry (0: default).
 	CacheBytes int64
+	// StoreCacheBytes is the block cache of the embedded Pebble stores
+	// (RELAY_STORE_CACHE_MB): half for the metadata store, half for the
+	// collection index. Pebble allocates it outside the Go heap, and each
+	// store also keeps up to 8 MiB of write buffers (0: default).
+	StoreCacheBytes int64
 	// InversionEnforced drops commits whose MST inversion fails (else counted only).
 	InversionEnforced bool
 	// CollectionsBackfillFrom is the source relay of the collection index's
@@ -126,6 +131,7 @@ const (
 	DefaultAccountLimit        = 100
 	DefaultMaxCursorAge        = 24 * time.Hour
 	DefaultCacheBytes          = 256 << 20 // ~335,000 accounts and ~262,000 identities
+	DefaultStoreCacheBytes     = 32 << 20  // Pebble block caches, 16 MiB per store
 )
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -153,6 +159,7 @@ func DefaultConfig() Config {
 		DiscoveryInterval:   DefaultDiscoveryInterval,
 		MaxCursorAge:        DefaultMaxCursorAge,
 		CacheBytes:          DefaultCacheBytes,
+		StoreCacheBytes:     DefaultStoreCacheBytes,
 	}
 }
 

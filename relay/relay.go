@@ -357,7 +357,7 @@ func openStore(cfg Config) (meta.Store, error) {
 		}
 		return s, nil
 	}
-	s, err := pebblestore.Open(filepath.Join(cfg.DataDir, "meta"))
+	s, err := pebblestore.OpenCache(filepath.Join(cfg.DataDir, "meta"), cfg.StoreCacheBytes/2)
 	if err != nil {
 		return nil, fmt.Errorf("open embedded store: %w", err)
 	}

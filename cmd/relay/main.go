@@ -166,6 +166,8 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	str(&cfg.CollectionsBackfillCollections, "collections-backfill-collections", "RELAY_COLLECTIONS_BACKFILL_COLLECTIONS", "comma-separated collections to backfill at the first start")
 	cacheMB := int(cfg.CacheBytes >> 20)
 	integer(&cacheMB, "cache-mb", "RELAY_CACHE_MB", "MiB for the account and identity caches (about 400 bytes per account, 512 per identity)")
+	storeCacheMB := int(cfg.StoreCacheBytes >> 20)
+	integer(&storeCacheMB, "store-cache-mb", "RELAY_STORE_CACHE_MB", "MiB of Pebble block cache, half for the metadata store and half for the collection index")
 	logLevel := "info"
 	str(&logLevel, "log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -181,6 +183,7 @@ func parseConfig(args []string, getenv func(string) string) (relay.Config, slog.
 	cfg.MaxCursorAge = time.Duration(cursorAgeHours) * time.Hour
 	cfg.RingBytes = int64(ringBytes)
 	cfg.CacheBytes = int64(cacheMB) << 20
+	cfg.StoreCacheBytes = int64(storeCacheMB) << 20
 	if strings.EqualFold(cfg.Upstream, "none") {
 		cfg.Upstream = ""
 	}

@@ -63,7 +63,7 @@ func benchEntries() int {
 func BenchmarkList(b *testing.B) {
 	n := benchEntries()
 	dir := b.TempDir()
-	ix, err := Open(dir)
+	ix, err := Open(dir, 0)
 	if err != nil {
 		b.Fatal(err)
 	}

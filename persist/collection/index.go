@@ -44,9 +44,14 @@ const (
 	// resync runs; past it the resync is abandoned (ErrOverflow) and the
 	// DID stays owed a resync.
 	MaxInflightDeltas = 100_000
-	// BlockCacheBytes is the index's Pebble block cache (memory bound of
-	// its reads; Pebble evicts past it) and MemTableSize its write buffer.
-	BlockCacheBytes = 64 << 20
+	// DefaultCacheBytes is the index's Pebble block cache when Open is
+	// given none: the memory bound of its reads (Pebble evicts past it).
+	DefaultCacheBytes = 16 << 20
+	// memTableBytes is the index's write buffer. Every create or delete
+	// op rewrites a count, so a larger one fills anyway and only holds
+	// more memory; Pebble keeps up to two (filling, and flushing or kept
+	// for reuse).
+	memTableBytes = 4 << 20
 )
 
 // Errors.
@@ -79,11 +84,15 @@ type Index struct {
 	waitC chan struct{} // closed and replaced after each applied batch
 }
 
-// Open opens (creating if needed) the index in dir.
-func Open(dir string) (*Index, error) {
-	cache := pebble.NewCache(BlockCacheBytes)
+// Open opens (creating if needed) the index in dir, with a block cache of
+// cacheBytes (DefaultCacheBytes if it is not positive).
+func Open(dir string, cacheBytes int64) (*Index, error) {
+	if cacheBytes <= 0 {
+		cacheBytes = DefaultCacheBytes
+	}
+	cache := pebble.NewCache(cacheBytes)
 	defer cache.Unref()
-	opts := &pebble.Options{Logger: quietLogger{}, Cache: cache, MemTableSize: 32 << 20}
+	opts := &pebble.Options{Logger: quietLogger{}, Cache: cache, MemTableSize: memTableBytes}
 	opts.Levels = make([]pebble.LevelOptions, 7)
 	for i := range opts.Levels {
 		// Bloom filters: the follower's point reads are mostly misses (a

@@ -10,7 +10,7 @@ import (
 
 func openTest(t testing.TB) *Index {
 	t.Helper()
-	ix, err := Open(t.TempDir())
+	ix, err := Open(t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestAccountStatus(t *testing.T) {
 // TestReopen: the checkpoint, the totals and the data survive a reopen.
 func TestReopen(t *testing.T) {
 	dir := t.TempDir()
-	ix, err := Open(dir)
+	ix, err := Open(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ func TestReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	ix.Close()
-	ix, err = Open(dir)
+	ix, err = Open(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,7 +100,7 @@ type testSvc struct {
 func startSvc(t *testing.T, opts Options) *testSvc {
 	t.Helper()
 	dir := t.TempDir()
-	ix, err := collection.Open(filepath.Join(dir, "collections"))
+	ix, err := collection.Open(filepath.Join(dir, "collections"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestBackfillInterruptedAndResumed(t *testing.T) {
 	defer srv.Close()
 	dir := t.TempDir()
 	open := func() (*Service, func()) {
-		ix, err := collection.Open(filepath.Join(dir, "collections"))
+		ix, err := collection.Open(filepath.Join(dir, "collections"), 0)
 		if err != nil {
 			t.Fatal(err)
 		}

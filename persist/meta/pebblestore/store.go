@@ -26,10 +26,17 @@ import (
 // format version.
 var ErrFormat = errors.New("pebblestore: unsupported on-disk format")
 
-// cacheBytes is Pebble's block cache. The relay caches hot accounts itself,
-// so this only needs to hold index blocks and the working set of the
-// account lookups that miss that cache.
-const cacheBytes = 64 << 20
+// Memory bounds of the store (outside the Go heap: Pebble allocates them
+// itself).
+const (
+	// DefaultCacheBytes is Pebble's block cache when Open is given none.
+	// The relay caches hot accounts itself, so this only needs to hold
+	// index blocks and the working set of the lookups that miss that cache.
+	DefaultCacheBytes = 16 << 20
+	// memTableBytes is the write buffer. Pebble keeps up to two (one
+	// filling, one flushing or kept for reuse), so 8 MiB in all.
+	memTableBytes = 4 << 20
+)
 
 // Store is a meta.Store on Pebble.
 type Store struct {
@@ -52,19 +59,30 @@ type Store struct {
 
 var _ meta.Store = (*Store)(nil)
 
-// Open opens or creates the store in dir.
+// Open opens or creates the store in dir with a DefaultCacheBytes block
+// cache.
 func Open(dir string) (*Store, error) {
-	return open(dir, vfs.Default)
+	return open(dir, vfs.Default, DefaultCacheBytes)
+}
+
+// OpenCache is Open with a block cache of cacheBytes (DefaultCacheBytes if
+// it is not positive).
+func OpenCache(dir string, cacheBytes int64) (*Store, error) {
+	if cacheBytes <= 0 {
+		cacheBytes = DefaultCacheBytes
+	}
+	return open(dir, vfs.Default, cacheBytes)
 }
 
 // open is Open on a given file system; tests use a strict in-memory one to
 // simulate a crash that loses everything not synced.
-func open(dir string, fs vfs.FS) (*Store, error) {
+func open(dir string, fs vfs.FS, cacheBytes int64) (*Store, error) {
 	cache := pebble.NewCache(cacheBytes)
 	defer cache.Unref()
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 fs,
 		Cache:              cache,
+		MemTableSize:       memTableBytes,
 		Logger:             slogLogger{},
 		FormatMajorVersion: pebble.FormatNewest,
 	})

@@ -107,7 +107,7 @@ func TestCrashDurability(t *testing.T) {
 		t.Fatal(err)
 	}
 	root.Close()
-	s, err := open(dir, fs)
+	s, err := open(dir, fs, DefaultCacheBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestCrashDurability(t *testing.T) {
 		s.Close()
 		fs.ResetToSyncedState()
 		fs.SetIgnoreSyncs(false)
-		if s, err = open(dir, fs); err != nil {
+		if s, err = open(dir, fs, DefaultCacheBytes); err != nil {
 			t.Fatal(err)
 		}
 		if ok, err := s.exists([]byte("zz-unsynced")); err != nil || ok {
