@@ -36,6 +36,15 @@ const (
 	// resume those whose socket buffer has drained (gnet has no writable
 	// callback).
 	pumpInterval = 20 * time.Millisecond
+	// pumpGap is the least time between two pumps of a loop that serves at
+	// least pacedConsumers consumers. Each pump costs a writev per
+	// consumer, and on a busy relay the sequencer's batches come faster
+	// than that (most hold one or two events at 2,000 ev/s), so merging
+	// the batches of 2 ms into one write per consumer cuts the syscalls
+	// of fan-out several times for at most 2 ms of latency. Loops with
+	// fewer consumers pump on every batch.
+	pumpGap        = 2 * time.Millisecond
+	pacedConsumers = 32
 )
 
 // consumer is one subscribeRepos connection. Fields without atomics are
@@ -65,6 +74,14 @@ type loopGroup struct {
 	b         *Broadcaster
 	consumers map[*consumer]struct{}
 	scheduled atomic.Bool
+	// size mirrors len(consumers) for schedule, which runs off the loop.
+	size atomic.Int32
+	// lastPump is when the last pump started (monotonic ns since start);
+	// paced holds the pump back until pumpGap after it.
+	lastPump atomic.Int64
+	paced    *time.Timer
+	run      gnet.RunnableFunc
+	pumps    atomic.Int64 // pumps run, for tests
 	// behind: after the last pump some consumer still lagged (its socket
 	// was full or it waits for a replay step), so the ticker pumps again.
 	behind atomic.Bool
@@ -175,27 +192,62 @@ func (b *Broadcaster) notifyBehind() {
 	}
 }
 
+// newLoopGroup makes the group of el; its pump is bound once, so waking
+// it does not allocate.
+func newLoopGroup(b *Broadcaster, el gnet.EventLoop) *loopGroup {
+	g := &loopGroup{el: el, b: b, consumers: map[*consumer]struct{}{}}
+	g.run = func(context.Context) error {
+		g.pump()
+		return nil
+	}
+	g.paced = time.AfterFunc(time.Hour, g.execute)
+	g.paced.Stop()
+	return g
+}
+
+// schedule has the loop pump its consumers: at once, or pumpGap after the
+// last pump when the loop serves pacedConsumers or more and pumped less
+// than pumpGap ago. Wake-ups while one is pending collapse into it.
 func (g *loopGroup) schedule() {
 	if !g.scheduled.CompareAndSwap(false, true) {
 		return
 	}
-	err := g.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-		g.scheduled.Store(false)
-		behind := false
-		head := g.b.ring.Head()
-		for c := range g.consumers {
-			g.b.fill(c)
-			if !c.closed && c.pos.Load() < head {
-				behind = true
-			}
+	if g.size.Load() >= pacedConsumers {
+		if wait := pumpGap - time.Duration(monoNow()-g.lastPump.Load()); wait > 0 {
+			g.paced.Reset(wait)
+			return
 		}
-		g.behind.Store(behind)
-		return nil
-	}))
-	if err != nil {
+	}
+	g.execute()
+}
+
+func (g *loopGroup) execute() {
+	if err := g.el.Execute(context.Background(), g.run); err != nil {
 		g.scheduled.Store(false)
 	}
 }
+
+// pump runs on the loop: every consumer gets what it can take.
+func (g *loopGroup) pump() {
+	g.lastPump.Store(monoNow())
+	g.pumps.Add(1)
+	g.scheduled.Store(false)
+	behind := false
+	head := g.b.ring.Head()
+	for c := range g.consumers {
+		g.b.fill(c)
+		if !c.closed && c.pos.Load() < head {
+			behind = true
+		}
+	}
+	g.behind.Store(behind)
+}
+
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is monotonic nanoseconds since the process started.
+func monoNow() int64 { return int64(time.Since(monoStart)) }
 
 func (b *Broadcaster) ticker() {
 	defer b.wg.Done()
@@ -218,6 +270,9 @@ func (b *Broadcaster) Close() {
 	}
 	close(b.stop)
 	b.wg.Wait()
+	for _, g := range b.loopGroups() {
+		g.paced.Stop()
+	}
 }
 
 // Subscribe upgrades an HTTP request to a consumer connection. cursor < 0
@@ -266,7 +321,7 @@ func (b *Broadcaster) OnOpen(conn *loop.Conn) {
 	b.mu.Lock()
 	g, ok := b.groups[conn.EventLoop()]
 	if !ok {
-		g = &loopGroup{el: conn.EventLoop(), b: b, consumers: map[*consumer]struct{}{}}
+		g = newLoopGroup(b, conn.EventLoop())
 		b.groups[conn.EventLoop()] = g
 		list := append(slices.Clone(b.loopGroups()), g)
 		b.groupList.Store(&list)
@@ -274,6 +329,7 @@ func (b *Broadcaster) OnOpen(conn *loop.Conn) {
 	b.all[c.id] = c
 	b.mu.Unlock()
 	g.consumers[c] = struct{}{}
+	g.size.Add(1)
 	c.group = g
 	b.metrics.consumersConnected.Inc()
 
@@ -315,6 +371,7 @@ func (b *Broadcaster) OnClose(conn *loop.Conn, err error) {
 	c.closed = true
 	if c.group != nil {
 		delete(c.group.consumers, c)
+		c.group.size.Add(-1)
 	}
 	b.mu.Lock()
 	delete(b.all, c.id)

@@ -50,6 +50,39 @@ func TestLiveConsumerGetsEveryEventOnce(t *testing.T) {
 	c.readSeqs(t, 1, 500, 10*time.Second)
 }
 
+// TestFanoutPacedWithManyConsumers: a loop serving pacedConsumers or more
+// pumps at most once per pumpGap however often batches arrive, and every
+// consumer still gets every event once.
+func TestFanoutPacedWithManyConsumers(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.EventLoops = 1
+	r := startRelay(t, cfg)
+	const n = pacedConsumers + 8
+	cs := make([]*testConsumer, n)
+	for i := range cs {
+		cs[i] = dialConsumer(t, r.Addr(), "")
+	}
+	waitConsumers(t, r, n)
+	g := r.bc.loopGroups()[0]
+	before := g.pumps.Load()
+	start := time.Now()
+	const events = 400
+	for i := range events {
+		if err := r.Submit(context.Background(), identityEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+		waitHead(t, r, int64(i+1)) // one batch each: unpaced, one pump each
+	}
+	for _, c := range cs {
+		c.readSeqs(t, 1, events, 10*time.Second)
+	}
+	pumps, limit := g.pumps.Load()-before, int64(time.Since(start)/pumpGap)+2
+	if pumps > limit {
+		t.Fatalf("%d pumps in %v, want at most %d (one per %v)", pumps, time.Since(start), limit, pumpGap)
+	}
+	t.Logf("%d events, %d pumps", events, pumps)
+}
+
 // Replay from a cursor crosses into live while events keep arriving: no
 // gap, no duplicate, whatever the timing.
 func TestCursorReplayCrossesIntoLive(t *testing.T) {
