@@ -80,7 +80,7 @@ func BenchmarkCacheEntryBytes(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					m[d] = &identInfo{did: d, key: key, pds: fmt.Sprintf("pds%04d.example.com", i%1000), handle: fmt.Sprintf("user%07d.example.com", i), fetched: time.Now()}
+					m[d] = &identInfo{did: d, key: newCommitKey(key), pds: fmt.Sprintf("pds%04d.example.com", i%1000), handle: fmt.Sprintf("user%07d.example.com", i), fetched: time.Now()}
 				}
 				b.ReportMetric(float64(heapInUse()-base)/n, "bytes/identity")
 				runtime.KeepAlive(m)

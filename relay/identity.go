@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bluesky-social/indigo/atproto/atcrypto"
 	"github.com/bluesky-social/indigo/atproto/identity"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 )
@@ -37,9 +36,9 @@ var ErrNoSigningKey = errors.New("relay: DID document has no atproto signing key
 // identInfo is what validation needs from a DID document.
 type identInfo struct {
 	did     string
-	key     atcrypto.PublicKey
-	pds     string // host[:port] of the #atproto_pds endpoint, lower-case, default ports removed
-	handle  string // declared handle (alsoKnownAs), "" when none
+	key     commitKey // newCommitKey of the DID document's signing key
+	pds     string    // host[:port] of the #atproto_pds endpoint, lower-case, default ports removed
+	handle  string    // declared handle (alsoKnownAs), "" when none
 	err     error
 	fetched time.Time
 }
@@ -137,7 +136,7 @@ func (r *Resolver) lookup(did string) *identInfo {
 		info.err = errors.Join(ErrNoSigningKey, err)
 		return info
 	}
-	info.key = key
+	info.key = newCommitKey(key)
 	info.pds = endpointHost(ident.PDSEndpoint())
 	if h, err := ident.DeclaredHandle(); err == nil {
 		info.handle = h.String()

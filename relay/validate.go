@@ -9,7 +9,6 @@ import (
 	"time"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
-	"github.com/bluesky-social/indigo/atproto/atcrypto"
 	"github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/bluesky-social/indigo/atproto/repo/mst"
 	"github.com/bluesky-social/indigo/atproto/syntax"
@@ -95,7 +94,7 @@ func (v *validator) checkRev(rev, prevRev string) error {
 
 // loadSignedCommit reads the commit object from CAR blocks and verifies its
 // structure and signature, and that it belongs to did at rev.
-func loadSignedCommit(ctx context.Context, blocks []byte, did, rev string, key atcrypto.PublicKey) (*repo.Commit, string, error) {
+func loadSignedCommit(ctx context.Context, blocks []byte, did, rev string, key commitKey) (*repo.Commit, string, error) {
 	commit, commitCID, err := repo.LoadCommitFromCAR(ctx, bytes.NewReader(blocks))
 	if err != nil {
 		return nil, "", reject("invalid_commit", "load commit from CAR: %w", err)
@@ -106,7 +105,7 @@ func loadSignedCommit(ctx context.Context, blocks []byte, did, rev string, key a
 	if commit.Rev != rev {
 		return nil, "", reject("invalid_commit", "commit rev %s does not match event %s", commit.Rev, rev)
 	}
-	if err := commit.VerifySignature(key); err != nil {
+	if err := verifyCommitSignature(commit, key); err != nil {
 		return nil, "", &rejection{reason: "bad_signature", err: fmt.Errorf("%w: %w", ErrBadSignature, err)}
 	}
 	return commit, commitCID.String(), nil
@@ -119,7 +118,7 @@ func loadSignedCommit(ctx context.Context, blocks []byte, did, rev string, key a
 // MST inversion all run over the same decoded blocks. The checks and their
 // drop reasons are those of repo.LoadCommitFromCAR followed by
 // repo.VerifyCommitMessage (TestCommitMatchesIndigo compares them).
-func (v *validator) Commit(ctx context.Context, evt *comatproto.SyncSubscribeRepos_Commit, key atcrypto.PublicKey, prev *repoHead) (*verified, error) {
+func (v *validator) Commit(ctx context.Context, evt *comatproto.SyncSubscribeRepos_Commit, key commitKey, prev *repoHead) (*verified, error) {
 	if len(evt.Blocks) > MaxBlocksBytes {
 		return nil, reject("blocks_too_big", "blocks are %d bytes, limit %d", len(evt.Blocks), MaxBlocksBytes)
 	}
@@ -326,17 +325,29 @@ func commitOps(in []*comatproto.SyncSubscribeRepos_RepoOp) ([]repo.Operation, er
 
 // checkSignedCommit checks that a decoded commit belongs to did at rev and
 // that its signature verifies with key.
-func checkSignedCommit(commit *repo.Commit, did, rev string, key atcrypto.PublicKey) error {
+func checkSignedCommit(commit *repo.Commit, did, rev string, key commitKey) error {
 	if commit.DID != did {
 		return reject("invalid_commit", "commit DID %s does not match event %s", commit.DID, did)
 	}
 	if commit.Rev != rev {
 		return reject("invalid_commit", "commit rev %s does not match event %s", commit.Rev, rev)
 	}
-	if err := commit.VerifySignature(key); err != nil {
+	if err := verifyCommitSignature(commit, key); err != nil {
 		return &rejection{reason: "bad_signature", err: fmt.Errorf("%w: %w", ErrBadSignature, err)}
 	}
 	return nil
+}
+
+// verifyCommitSignature is repo.Commit.VerifySignature with a commitKey.
+func verifyCommitSignature(commit *repo.Commit, key commitKey) error {
+	if commit.Sig == nil {
+		return fmt.Errorf("can not verify unsigned commit")
+	}
+	b, err := commit.UnsignedBytes()
+	if err != nil {
+		return err
+	}
+	return key.HashAndVerify(b, commit.Sig)
 }
 
 // Sync validates a #sync: size, signature, DID and rev.
@@ -350,7 +361,7 @@ func checkSignedCommit(commit *repo.Commit, did, rev string, key atcrypto.Public
 // a different commit (the PDS rewrote history under the same rev) is dropped
 // as "sync_rev_conflict". The signature is checked before an equal-rev
 // comparison, so a forged re-announcement is a "bad_signature".
-func (v *validator) Sync(ctx context.Context, evt *comatproto.SyncSubscribeRepos_Sync, key atcrypto.PublicKey, prev *repoHead) (*verified, error) {
+func (v *validator) Sync(ctx context.Context, evt *comatproto.SyncSubscribeRepos_Sync, key commitKey, prev *repoHead) (*verified, error) {
 	if len(evt.Blocks) > MaxBlocksBytes {
 		return nil, reject("blocks_too_big", "blocks are %d bytes, limit %d", len(evt.Blocks), MaxBlocksBytes)
 	}
