@@ -299,6 +299,7 @@ func TestOfflineHostIsProbedAndReturns(t *testing.T) {
 	a.MoveTo(n.plc, back)
 	waitUntil(t, 10*time.Second, "probed back to active", func() bool { return h.status() == meta.HostActive && h.connected.Load() })
 	c := dialConsumer(t, n.r.Addr(), "")
+	waitConsumers(t, n.r, 1) // a live consumer starts at the head when it registers
 	rev := emitCommit(t, a, back, 1)
 	if e := collectEvents(t, c, 1, 10*time.Second)[0]; e.rev != rev {
 		t.Fatalf("after the probe: %v", e)
